@@ -75,12 +75,21 @@ def complexity(model, input_shape=None):
 
     Returns:
         A dict: `"flops"`, multiply-adds of the convolution, depthwise and
-        dense layers for one image; `"params"`, the number of weights
-        (trainable and not, as `count_params()`).
+        dense layers for one image; `"params"`, the number of learned
+        parameters, as the official release and PyTorch count them: every
+        weight except batch norm's moving statistics.
     """
     counted = model
     if input_shape is not None:
         inputs = keras.Input(shape=tuple(input_shape))
         counted = keras.models.clone_model(model, input_tensors=inputs)
     flops = sum(layer_flops(layer) for layer in iter_layers(counted))
-    return {"flops": int(flops), "params": int(model.count_params())}
+    moving_stats = sum(
+        math.prod(layer.moving_mean.shape) + math.prod(
+            layer.moving_variance.shape
+        )
+        for layer in iter_layers(model)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    )
+    params = model.count_params() - moving_stats
+    return {"flops": int(flops), "params": int(params)}

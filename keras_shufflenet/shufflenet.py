@@ -519,7 +519,8 @@ def ShuffleNet(
     float32_out = keras.config.dtype_policy().compute_dtype != "float32"
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = layers.Dense(classes, name="predictions")(x)
+        # No bias, as in the official release (and its parameter counts).
+        x = layers.Dense(classes, use_bias=False, name="predictions")(x)
         if classifier_activation is not None or float32_out:
             x = layers.Activation(
                 classifier_activation or "linear",
