@@ -360,6 +360,40 @@ def preprocess_for_train(
     return image
 
 
+def eval_crop_window(image_shape, crop_fraction=DEFAULT_CROP_FRACTION):
+    """Returns the exactly centred evaluation window of an image.
+
+    Each side of the window is ``crop_fraction * min(h, w)`` rounded to the
+    nearest integer with the same parity as that image side, so the margins
+    are equal on both ends (no half-pixel bias towards a corner) and the
+    height and width differ by at most one pixel.
+
+    Reference:
+        Zhang et al., ShuffleNet, section 4 (224x224 centre view of a 256
+        input).
+
+    Args:
+        image_shape: int32 tensor ``[height, width, ...]``.
+        crop_fraction: Crop side over the shorter image side. Defaults to
+            224/256.
+
+    Returns:
+        int32 tensor ``[offset_y, offset_x, height, width]``.
+    """
+    h, w = image_shape[0], image_shape[1]
+    side = crop_fraction * tf.cast(tf.minimum(h, w), tf.float32)
+
+    def same_parity(size):
+        # Nearest integer n to `side` with (size - n) even, at least 1.
+        n = 2.0 * tf.round((side - tf.cast(size % 2, tf.float32)) / 2.0)
+        n = tf.cast(n, tf.int32) + size % 2
+        n = tf.where(n < 1, 2 - size % 2, n)
+        return tf.minimum(n, size)
+
+    crop_h, crop_w = same_parity(h), same_parity(w)
+    return tf.stack([(h - crop_h) // 2, (w - crop_w) // 2, crop_h, crop_w])
+
+
 def preprocess_for_eval(
     image_bytes, image_size=224, crop_fraction=DEFAULT_CROP_FRACTION
 ):
@@ -367,10 +401,8 @@ def preprocess_for_eval(
 
     Equivalent to resizing the shorter side to ``image_size /
     crop_fraction`` (256 for 224) and taking the central ``image_size``
-    square, but only the central window is decoded. The crop is exactly
-    centred for any image size: its side ``crop_fraction * min(h, w)`` and
-    offsets are fractional, and the resampling honours the fraction, so
-    there is no half-pixel bias when ``h - side`` is odd.
+    square, but only the central window (``eval_crop_window``) is decoded,
+    then resized bilinearly.
 
     Reference:
         Zhang et al., ShuffleNet, section 4 (224x224 centre view of a 256
@@ -385,37 +417,12 @@ def preprocess_for_eval(
     Returns:
         uint8 tensor ``[image_size, image_size, 3]`` in [0, 255].
     """
-
-    def geometry(shape):
-        h = tf.cast(shape[0], tf.float32)
-        w = tf.cast(shape[1], tf.float32)
-        side = crop_fraction * tf.minimum(h, w)
-        return side, (h - side) / 2.0, (w - side) / 2.0
-
-    def window_fn(shape):
-        side, top, left = geometry(shape)
-        y0 = tf.cast(tf.floor(top), tf.int32)
-        x0 = tf.cast(tf.floor(left), tf.int32)
-        y1 = tf.minimum(tf.cast(tf.math.ceil(top + side), tf.int32), shape[0])
-        x1 = tf.minimum(tf.cast(tf.math.ceil(left + side), tf.int32), shape[1])
-        return tf.stack([y0, x0, y1 - y0, x1 - x0])
-
-    crop, shape = _decode_window(image_bytes, window_fn)
-    side, top, left = geometry(shape)
-    scale = image_size / side
-    # Output pixel i samples input coordinate (i + 0.5) / scale - 0.5 +
-    # (top - floor(top)): the fractional part of the offset is kept.
-    translation = tf.stack(
-        [-(top - tf.floor(top)) * scale, -(left - tf.floor(left)) * scale]
+    crop, _ = _decode_window(
+        image_bytes, lambda shape: eval_crop_window(shape, crop_fraction)
     )
-    image = tf.raw_ops.ScaleAndTranslate(
-        images=crop[tf.newaxis],
-        size=[image_size, image_size],
-        scale=tf.stack([scale, scale]),
-        translation=translation,
-        kernel_type="triangle",
-        antialias=False,
-    )[0]
+    image = tf.image.resize(
+        crop, [image_size, image_size], method="bilinear", antialias=False
+    )
     image = _to_uint8(image)
     image.set_shape([image_size, image_size, 3])
     return image
@@ -974,13 +981,18 @@ class InputPipeline:
         return fn
 
 
+SKIP_GROUP_SIZE = 16
+
+
 def _map_skipping_bad(ds, parse, size, counter, deterministic):
     """Applies ``parse`` to (bytes, label), dropping and counting failures.
 
-    Each element runs in its own one-element dataset with errors ignored;
-    a failed decode yields a flagged placeholder instead, which is counted
-    in ``counter`` and filtered out. The per-element datasets run in
-    parallel through ``interleave``.
+    Elements are taken in groups of ``SKIP_GROUP_SIZE``. Each group is
+    parsed in its own small dataset with errors ignored, then topped up with
+    flagged placeholders to its original length, so every placeholder is
+    exactly one undecodable image: it is counted in ``counter`` and filtered
+    out. Groups run in parallel through ``interleave``; grouping amortises
+    the per-dataset overhead.
     """
     placeholder = (
         tf.zeros([size, size, 3], tf.uint8),
@@ -988,18 +1000,17 @@ def _map_skipping_bad(ds, parse, size, counter, deterministic):
         tf.constant(False),
     )
 
-    def one(image_bytes, label):
+    def group(images_bytes, labels):
         good = (
-            tf.data.Dataset.from_tensors((image_bytes, label))
+            tf.data.Dataset.from_tensor_slices((images_bytes, labels))
             .map(lambda b, y: (parse(b), y, tf.constant(True)))
             .ignore_errors()
         )
-        return good.concatenate(
-            tf.data.Dataset.from_tensors(placeholder)
-        ).take(1)
+        bad = tf.data.Dataset.from_tensors(placeholder).repeat()
+        return good.concatenate(bad).take(tf.size(labels, tf.int64))
 
-    ds = ds.interleave(
-        one,
+    ds = ds.batch(SKIP_GROUP_SIZE).interleave(
+        group,
         cycle_length=AUTOTUNE,
         block_length=1,
         num_parallel_calls=AUTOTUNE,
