@@ -603,14 +603,18 @@ class _TFRecordSource:
         def parse(record):
             parsed = tf.io.parse_single_example(record, _FEATURES)
             label = tf.cast(parsed["image/class/label"], tf.int32) - offset
-            label = tf.debugging.assert_less(
-                label,
-                num_classes,
-                message=f"TFRecord label out of range (offset {offset})",
-            )
-            label = tf.debugging.assert_non_negative(
-                label, message=f"TFRecord label below label_offset={offset}"
-            )
+            checks = [
+                tf.debugging.assert_less(
+                    label,
+                    num_classes,
+                    message=f"TFRecord label - {offset} >= {num_classes}",
+                ),
+                tf.debugging.assert_non_negative(
+                    label, message=f"TFRecord label below label_offset={offset}"
+                ),
+            ]
+            with tf.control_dependencies(checks):
+                label = tf.identity(label)
             return parsed["image/encoded"], label
 
         return ds.map(parse, num_parallel_calls=AUTOTUNE)
