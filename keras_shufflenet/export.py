@@ -1,0 +1,1136 @@
+"""TFLite (LiteRT) export of ShuffleNet: conversion with post-training
+quantization, per-model graph reports with XNNPACK coverage, and numerical
+verification of a converted model against its Keras source."""
+
+import collections
+import csv
+import math
+import os
+import re
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+from keras_shufflenet import deploy
+
+MODES = ("float32", "float16", "dynamic", "int8")
+INPUT_TYPES = ("float32", "int8", "uint8")
+OUTPUT_TYPES = ("float32", "int8")
+DEFAULT_NUM_CALIBRATION_IMAGES = 300
+SIGNATURE_KEY = "serving_default"
+INPUT_NAME = "images"
+# Ops whose output passes its input's values through (quantization
+# plumbing); looked through when asking what computed a model output.
+_PASS_THROUGH_OPS = ("DEQUANTIZE", "QUANTIZE", "RESHAPE")
+_DTYPES = {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}
+
+
+class UnsupportedOpError(ValueError):
+    """The graph needs an op outside TFLite's builtin set (e.g. Flex)."""
+
+
+# ---------------------------------------------------------------------------
+# Models in.
+# ---------------------------------------------------------------------------
+
+
+def load_model(
+    model_path=None,
+    weights=None,
+    *,
+    image_size=224,
+    **shufflenet_kwargs,
+):
+    """Loads a `.keras` model or builds a ShuffleNet for export.
+
+    Exactly one source is used: `model_path` (a whole `.keras` model), or
+    `ShuffleNet(**shufflenet_kwargs)` built at `image_size` with the
+    optional `weights` (a `.weights.h5`/`.keras` file) loaded into it.
+
+    Reference:
+        Zhang et al., ShuffleNet, section 3.3 (architecture arguments).
+
+    Args:
+        model_path: Path of a `.keras` model. Defaults to None.
+        weights: Path of a weights file for the built ShuffleNet; only
+            without `model_path`. Defaults to None (random weights).
+        image_size: Input side of the built ShuffleNet. Defaults to 224.
+        **shufflenet_kwargs: Arguments of `keras_shufflenet.ShuffleNet`
+            (scale, groups, se, classes, ...).
+
+    Returns:
+        A `keras.Model`.
+
+    Raises:
+        FileNotFoundError: `model_path` or `weights` does not exist.
+        ValueError: Both `model_path` and `weights`/ShuffleNet arguments
+            were given, or the file is not a `.keras` model.
+    """
+    import keras
+
+    from keras_shufflenet.shufflenet import ShuffleNet
+
+    if model_path is not None:
+        if weights is not None or shufflenet_kwargs:
+            raise ValueError(
+                "Give either `model_path` (a whole .keras model) or "
+                "`weights`/ShuffleNet arguments, not both. Received: "
+                f"model_path={model_path!r}, weights={weights!r}, "
+                f"arguments={sorted(shufflenet_kwargs)}"
+            )
+        model_path = os.fspath(model_path)
+        if not model_path.endswith(".keras"):
+            raise ValueError(
+                "`model_path` must be a .keras file. "
+                f"Received: model_path={model_path!r}"
+            )
+        if not os.path.isfile(model_path):
+            raise FileNotFoundError(f"Model file not found: {model_path}")
+        return keras.saving.load_model(model_path, safe_mode=True)
+    if weights is not None and not os.path.isfile(os.fspath(weights)):
+        raise FileNotFoundError(f"Weights file not found: {weights}")
+    return ShuffleNet(
+        input_shape=(image_size, image_size, 3),
+        weights=weights,
+        **shufflenet_kwargs,
+    )
+
+
+def logits_model(model):
+    """Returns `model` without its final softmax, so it outputs logits.
+
+    Logits, not probabilities, are what the conversion checks compare:
+    softmax saturates and hides differences.
+
+    Args:
+        model: A functional Keras model. If its last layer is an
+            `Activation` (ShuffleNet's `predictions_activation`), it is
+            dropped; otherwise `model` is returned unchanged.
+
+    Returns:
+        A `keras.Model` sharing `model`'s layers and weights.
+    """
+    import keras
+
+    last = model.layers[-1]
+    if isinstance(last, keras.layers.Activation) and last.get_config()[
+        "activation"
+    ] not in ("linear", None):
+        inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+        return keras.Model(inputs, last.input, name=f"{model.name}_logits")
+    return model
+
+
+def _fixed_image_size(model, image_size):
+    shape = model.input_shape
+    if isinstance(shape, list):
+        raise ValueError(
+            f"`model` must have one image input. Received: {len(shape)} "
+            "inputs"
+        )
+    if len(shape) != 4 or shape[-1] != 3:
+        raise ValueError(
+            "`model` must take (batch, height, width, 3) images. "
+            f"Received: input_shape={shape}"
+        )
+    static = shape[1:3]
+    if image_size is None:
+        if None in static:
+            raise ValueError(
+                f"`model` has a dynamic input size {shape}; pass "
+                "`image_size` to fix the exported resolution."
+            )
+        return tuple(static)
+    size = (image_size, image_size) if np.isscalar(image_size) else tuple(
+        image_size
+    )
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(
+            "`image_size` must be a positive int or (height, width). "
+            f"Received: image_size={image_size!r}"
+        )
+    if None not in static and tuple(static) != size:
+        raise ValueError(
+            f"`image_size`={size} differs from the model's fixed input "
+            f"size {tuple(static)}; rebuild the model with input_shape="
+            f"{size + (3,)} or (None, None, 3)."
+        )
+    return size
+
+
+def export_saved_model(model, path, image_size=None):
+    """Writes the deployment graph of `model` as a batch-1 SavedModel.
+
+    The graph is `deploy.deployment_model(model)` with one signature,
+    `serving_default`, taking float32 `images` of shape
+    `(1, height, width, 3)`. The static batch of 1 matters: a dynamic batch
+    leaves SHAPE/STRIDED_SLICE/PACK ops in the TFLite graph, outside
+    XNNPACK. (`model.export` ignores `keras.Input`'s batch size, hence the
+    explicit signature.)
+
+    Args:
+        model: A functional Keras model with one image input.
+        path: Directory to write.
+        image_size: Input side or `(height, width)`. Defaults to the
+            model's static input size.
+
+    Returns:
+        `(height, width)` of the exported input.
+    """
+    size = _fixed_image_size(model, image_size)
+    deployed = deploy.deployment_model(model)
+    spec = tf.TensorSpec((1,) + size + (3,), tf.float32, name=INPUT_NAME)
+    deployed.export(
+        os.fspath(path),
+        format="tf_saved_model",
+        input_signature=[spec],
+        verbose=False,
+    )
+    return size
+
+
+# ---------------------------------------------------------------------------
+# Calibration data.
+# ---------------------------------------------------------------------------
+
+
+def calibration_images(config, num_images=DEFAULT_NUM_CALIBRATION_IMAGES):
+    """Returns evaluation-style images to calibrate int8 quantization.
+
+    The images go through the evaluation pipeline of
+    `keras_shufflenet.data` (shorter side resized to `size / crop_fraction`,
+    centre crop), never the training augmentation, so activation ranges
+    are measured on the inputs the deployed model sees.
+
+    Reference:
+        Zhang et al., ShuffleNet, section 4 (single centre-crop
+        evaluation).
+
+    Args:
+        config: A `keras_shufflenet.data.InputConfig`; its evaluation split
+            is read.
+        num_images: Number of images. Defaults to 300.
+
+    Returns:
+        uint8 array `[n, size, size, 3]` with `n = min(num_images, split
+        size)`.
+    """
+    from keras_shufflenet import data
+
+    if not isinstance(num_images, int) or num_images < 1:
+        raise ValueError(
+            "`num_images` must be a positive int. "
+            f"Received: num_images={num_images!r}"
+        )
+    pipeline = data.InputPipeline(config)
+    batches = []
+    count = 0
+    for images, _, weights in pipeline.dataset(False, 32):
+        keep = weights.numpy() > 0
+        batches.append(images.numpy()[keep])
+        count += int(keep.sum())
+        if count >= num_images:
+            break
+    if count == 0:
+        raise ValueError("The evaluation split holds no images to calibrate.")
+    return np.concatenate(batches)[:num_images]
+
+
+def _check_images(images, size, argument):
+    images = np.asarray(images)
+    if images.ndim != 4 or tuple(images.shape[1:]) != tuple(size) + (3,):
+        raise ValueError(
+            f"`{argument}` must be images of shape [n, {size[0]}, "
+            f"{size[1]}, 3] (the export resolution). Received: shape="
+            f"{images.shape}"
+        )
+    if len(images) == 0:
+        raise ValueError(f"`{argument}` holds no images.")
+    return images
+
+
+def _representative_dataset(images):
+    def generate():
+        for image in images:
+            yield [image[np.newaxis].astype(np.float32)]
+
+    return generate
+
+
+# ---------------------------------------------------------------------------
+# Conversion.
+# ---------------------------------------------------------------------------
+
+
+def _check_choice(value, choices, argument):
+    if value not in choices:
+        raise ValueError(
+            f"`{argument}` must be one of {choices}. "
+            f"Received: {argument}={value!r}"
+        )
+
+
+def _float_node_names(float_tflite, layer_names):
+    """Maps Keras layer names to the TFLite node names they became.
+
+    TFLite tensors are named after the SavedModel ops, e.g.
+    `model_1/conv1_1/convolution`: the Keras layer name is one path
+    component, with an optional `_<k>` uniquifying suffix.
+    """
+    interpreter = _interpreter(float_tflite, delegate=False)
+    tensor_names = {
+        t["index"]: t["name"] for t in interpreter.get_tensor_details()
+    }
+    outputs = [
+        tensor_names[i]
+        for op in interpreter._get_ops_details()
+        for i in op["outputs"]
+    ]
+    nodes = []
+    for layer in layer_names:
+        pattern = re.compile(rf"(^|/){re.escape(layer)}(_\d+)?/")
+        found = [name for name in outputs if pattern.search(name)]
+        if not found:
+            raise ValueError(
+                f"`float_layers` names layer {layer!r}, which has no op in "
+                "the converted graph. Use Keras layer names such as "
+                "'conv1' or 'predictions'."
+            )
+        nodes.extend(found)
+    return nodes
+
+
+def _converter(saved_model_dir, mode, images, input_type, output_type,
+               per_channel):
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        os.fspath(saved_model_dir)
+    )
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if mode == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif mode == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif mode == "int8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = _representative_dataset(images)
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS_INT8
+        ]
+        converter.inference_input_type = _DTYPES[input_type]
+        converter.inference_output_type = _DTYPES[output_type]
+    if not per_channel:
+        converter._experimental_disable_per_channel = True
+    return converter
+
+
+def _run_converter(convert_fn, what):
+    try:
+        return convert_fn()
+    except Exception as e:  # ConverterError is not public API.
+        message = str(e)
+        if "Select" in message or "Flex" in message or (
+            "not supported" in message
+        ):
+            raise UnsupportedOpError(
+                f"{what} needs ops outside the TFLite builtin set; "
+                "Flex/SELECT_TF_OPS is refused because the pip LiteRT "
+                f"runtimes cannot run it. Converter message: {message}"
+            ) from e
+        raise
+
+
+def convert_saved_model(
+    saved_model_dir,
+    output_path=None,
+    *,
+    mode="float32",
+    calibration_data=None,
+    num_calibration_images=DEFAULT_NUM_CALIBRATION_IMAGES,
+    input_type="float32",
+    output_type="float32",
+    per_channel=True,
+    float_layers=(),
+    debug_csv=None,
+):
+    """Converts a batch-1 SavedModel to a builtin-ops-only TFLite model.
+
+    See `convert` for the arguments; this is its second half, for callers
+    converting one SavedModel (from `export_saved_model`) several ways.
+
+    Reference:
+        Zhang et al., ShuffleNet, section 4 (the evaluated network).
+
+    Returns:
+        The `.tflite` flatbuffer as bytes.
+    """
+    _check_choice(mode, MODES, "mode")
+    _check_choice(input_type, INPUT_TYPES, "input_type")
+    _check_choice(output_type, OUTPUT_TYPES, "output_type")
+    if mode != "int8" and (input_type, output_type) != ("float32", "float32"):
+        raise ValueError(
+            "`input_type`/`output_type` other than float32 need "
+            f"mode='int8'. Received: mode={mode!r}, input_type="
+            f"{input_type!r}, output_type={output_type!r}"
+        )
+    if mode != "int8" and (float_layers or debug_csv):
+        raise ValueError(
+            "`float_layers` and `debug_csv` apply to mode='int8'. "
+            f"Received: mode={mode!r}"
+        )
+    saved_model_dir = os.fspath(saved_model_dir)
+    if not os.path.isfile(os.path.join(saved_model_dir, "saved_model.pb")):
+        raise FileNotFoundError(
+            f"No SavedModel (saved_model.pb) in {saved_model_dir}"
+        )
+    images = None
+    if mode == "int8":
+        if calibration_data is None:
+            raise ValueError(
+                "mode='int8' needs `calibration_data`: evaluation-style "
+                "images, e.g. from `calibration_images(config)`."
+            )
+        size = _saved_model_input_size(saved_model_dir)
+        images = _check_images(calibration_data, size, "calibration_data")
+        if not isinstance(num_calibration_images, int) or (
+            num_calibration_images < 1
+        ):
+            raise ValueError(
+                "`num_calibration_images` must be a positive int. Received: "
+                f"num_calibration_images={num_calibration_images!r}"
+            )
+        images = images[:num_calibration_images]
+    converter = _converter(
+        saved_model_dir, mode, images, input_type, output_type, per_channel
+    )
+    what = f"SavedModel {saved_model_dir}"
+    if float_layers or debug_csv:
+        tflite = _debugged_conversion(
+            converter, saved_model_dir, images, float_layers, debug_csv, what
+        )
+    else:
+        tflite = _run_converter(converter.convert, what)
+    check_builtin_ops(tflite)
+    if output_path is not None:
+        _write_atomic(output_path, tflite)
+    return tflite
+
+
+def _saved_model_input_size(saved_model_dir):
+    loaded = tf.saved_model.load(saved_model_dir)
+    spec = loaded.signatures[SIGNATURE_KEY].structured_input_signature[1]
+    (tensor_spec,) = spec.values()
+    return tuple(tensor_spec.shape[1:3])
+
+
+def _debugged_conversion(converter, saved_model_dir, images, float_layers,
+                         debug_csv, what):
+    """int8 conversion through `tf.lite.experimental.QuantizationDebugger`.
+
+    The debugger converts once with per-layer "numeric verify" ops to
+    measure each quantized layer against float, and converts again for the
+    deployable model, keeping the `denylisted_nodes` in float.
+    """
+    nodes = []
+    if float_layers:
+        float_converter = tf.lite.TFLiteConverter.from_saved_model(
+            saved_model_dir
+        )
+        float_converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS
+        ]
+        nodes = _float_node_names(
+            _run_converter(float_converter.convert, what), float_layers
+        )
+        # Float islands need the float kernels next to the int8 ones.
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+            tf.lite.OpsSet.TFLITE_BUILTINS,
+        ]
+    options = tf.lite.experimental.QuantizationDebugOptions(
+        denylisted_nodes=nodes or None
+    )
+    debugger = _run_converter(
+        lambda: tf.lite.experimental.QuantizationDebugger(
+            converter=converter,
+            debug_dataset=_representative_dataset(images),
+            debug_options=options,
+        ),
+        what,
+    )
+    if debug_csv:
+        debugger.run()
+        _write_layer_csv(debugger, debug_csv)
+    return _run_converter(debugger.get_nondebug_quantized_model, what)
+
+
+def _write_layer_csv(debugger, path):
+    """Writes the debugger's per-layer statistics plus RMSE/scale.
+
+    RMSE/scale near 1/sqrt(12) ~ 0.29 is the error of ideal rounding; much
+    larger values flag layers whose range is badly served by 8 bits.
+    """
+    stats = debugger.layer_statistics
+    rows = []
+    details = {d["tensor_name"]: d for d in debugger._get_layer_details()} if (
+        hasattr(debugger, "_get_layer_details")
+    ) else {}
+    for name, metrics in stats.items():
+        row = {"tensor_name": name}
+        row.update({k: float(v) for k, v in metrics.items()})
+        detail = details.get(name, {})
+        scale = detail.get("scale")
+        if scale is None:
+            scale = _debug_scale(debugger, name)
+        row["scale"] = scale
+        mse = row.get("mean_squared_error", float("nan"))
+        row["rmse/scale"] = (
+            math.sqrt(mse) / scale if scale else float("nan")
+        )
+        rows.append(row)
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    text = _csv_text(rows, fields)
+    _write_atomic(path, text.encode())
+
+
+def _debug_scale(debugger, tensor_name):
+    interpreter = debugger._quant_interpreter
+    for detail in interpreter.get_tensor_details():
+        if detail["name"] == tensor_name:
+            scales = detail["quantization_parameters"]["scales"]
+            return float(scales[0]) if len(scales) else None
+    return None
+
+
+def _csv_text(rows, fields):
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def convert(
+    model,
+    output_path=None,
+    *,
+    mode="float32",
+    image_size=None,
+    calibration_data=None,
+    num_calibration_images=DEFAULT_NUM_CALIBRATION_IMAGES,
+    input_type="float32",
+    output_type="float32",
+    per_channel=True,
+    float_layers=(),
+    debug_csv=None,
+    logits=False,
+):
+    """Converts a Keras model to a builtin-ops-only, batch-1 TFLite model.
+
+    The route is `deploy.deployment_model(model)` -> SavedModel with a
+    fixed `(1, height, width, 3)` float32 signature ->
+    `tf.lite.TFLiteConverter.from_saved_model` with the TFLite builtin op
+    set only. A graph needing a Flex (SELECT_TF_OPS) op raises
+    `UnsupportedOpError` rather than producing a model that pip LiteRT
+    cannot run.
+
+    Modes: "float32"; "float16" (weights stored as float16, run in float32
+    by XNNPACK); "dynamic" (dynamic-range: int8 weights, float
+    activations); "int8" (full integer: int8 weights, per channel unless
+    `per_channel=False`, and int8 activations calibrated on
+    `calibration_data`).
+
+    Reference:
+        Zhang et al., ShuffleNet, section 4 (the evaluated network); the
+        quantization follows TFLite post-training quantization.
+
+    Args:
+        model: A functional Keras model taking RGB images, e.g.
+            `ShuffleNet(...)`.
+        output_path: Where to write the `.tflite` atomically. Defaults to
+            None (only return the bytes).
+        mode: One of "float32", "float16", "dynamic", "int8". Defaults to
+            "float32".
+        image_size: Input side or `(height, width)`. Defaults to the
+            model's static input size.
+        calibration_data: For "int8": images `[n, height, width, 3]`
+            (uint8 or float pixel values as the model takes them) from the
+            evaluation pipeline, e.g. `calibration_images(config)`.
+        num_calibration_images: Images of `calibration_data` used.
+            Defaults to 300.
+        input_type: For "int8": "float32", "int8" or "uint8" (camera frames
+            go straight in). Defaults to "float32".
+        output_type: For "int8": "float32" or "int8". Defaults to
+            "float32".
+        per_channel: Per-channel weight scales for int8. Defaults to True.
+        float_layers: For "int8": Keras layer names kept in float (e.g.
+            `("conv1", "predictions")`, the first and last layers), via
+            `tf.lite.experimental.QuantizationDebugger`'s
+            `denylisted_nodes`. Defaults to () (all quantized).
+        debug_csv: For "int8": path of a CSV of per-layer quantization
+            error (RMSE, scale, RMSE/scale) from the QuantizationDebugger.
+            Defaults to None.
+        logits: Drop a final softmax so the model outputs logits. Defaults
+            to False.
+
+    Returns:
+        The `.tflite` flatbuffer as bytes.
+
+    Raises:
+        ValueError: A bad argument; the message names it.
+        UnsupportedOpError: The graph needs non-builtin (Flex) ops.
+    """
+    if logits:
+        model = logits_model(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        saved_model_dir = os.path.join(tmp, "saved_model")
+        export_saved_model(model, saved_model_dir, image_size)
+        return convert_saved_model(
+            saved_model_dir,
+            output_path,
+            mode=mode,
+            calibration_data=calibration_data,
+            num_calibration_images=num_calibration_images,
+            input_type=input_type,
+            output_type=output_type,
+            per_channel=per_channel,
+            float_layers=float_layers,
+            debug_csv=debug_csv,
+        )
+
+
+def quantize_with_ai_edge_quantizer(
+    float_tflite,
+    calibration_data,
+    output_path=None,
+    *,
+    num_calibration_images=DEFAULT_NUM_CALIBRATION_IMAGES,
+    recipe="static_wi8_ai8",
+):
+    """Quantizes a float32 `.tflite` with the LiteRT AI Edge Quantizer.
+
+    The LiteRT documentation recommends this quantizer over the
+    converter's built-in quantization. Its `static_wi8_ai8` recipe gives
+    int8 weights (per channel) and int8 activations, keeping float32 model
+    inputs and outputs.
+
+    Args:
+        float_tflite: Bytes or path of a float32 model from `convert`.
+        calibration_data: Evaluation-style images `[n, height, width, 3]`.
+        output_path: Where to write the quantized model. Defaults to None.
+        num_calibration_images: Images used. Defaults to 300.
+        recipe: A recipe function name of `ai_edge_quantizer.recipe`, e.g.
+            "static_wi8_ai8" or "dynamic_wi8_afp32". Defaults to
+            "static_wi8_ai8".
+
+    Returns:
+        The quantized `.tflite` flatbuffer as bytes.
+    """
+    from ai_edge_quantizer import quantizer as aeq_quantizer
+    from ai_edge_quantizer import recipe as aeq_recipe
+
+    float_tflite = _model_bytes(float_tflite, "float_tflite")
+    recipe_fn = getattr(aeq_recipe, recipe, None)
+    if recipe_fn is None or recipe.startswith("_"):
+        raise ValueError(
+            "`recipe` must name a function of ai_edge_quantizer.recipe, "
+            f"e.g. 'static_wi8_ai8'. Received: recipe={recipe!r}"
+        )
+    interpreter = _interpreter(float_tflite, delegate=False)
+    (detail,) = interpreter.get_input_details()
+    size = tuple(int(d) for d in detail["shape"][1:3])
+    images = _check_images(calibration_data, size, "calibration_data")
+    images = images[:num_calibration_images]
+    (input_name,) = interpreter.get_signature_list()[SIGNATURE_KEY]["inputs"]
+    quantizer = aeq_quantizer.Quantizer(float_tflite, recipe_fn())
+    calibration = None
+    if quantizer.need_calibration:
+        samples = [
+            {input_name: image[np.newaxis].astype(np.float32)}
+            for image in images
+        ]
+        calibration = quantizer.calibrate({SIGNATURE_KEY: samples})
+    result = quantizer.quantize(calibration, enable_progress_report=False)
+    tflite = bytes(result.quantized_model)
+    check_builtin_ops(tflite)
+    if output_path is not None:
+        _write_atomic(output_path, tflite)
+    return tflite
+
+
+# ---------------------------------------------------------------------------
+# Inspection: op list, Flex check, XNNPACK coverage, tensor ranks.
+# ---------------------------------------------------------------------------
+
+
+def _model_bytes(tflite, argument="tflite"):
+    if isinstance(tflite, (bytes, bytearray, memoryview)):
+        return bytes(tflite)
+    if isinstance(tflite, (str, os.PathLike)):
+        path = os.fspath(tflite)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"TFLite model not found: {path}")
+        with open(path, "rb") as f:
+            return f.read()
+    raise ValueError(
+        f"`{argument}` must be .tflite bytes or a path. Received: "
+        f"{type(tflite).__name__}"
+    )
+
+
+def _interpreter(tflite, delegate=True, num_threads=1):
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import OpResolverType
+
+    resolver = (
+        OpResolverType.AUTO
+        if delegate
+        else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
+    interpreter = Interpreter(
+        model_content=_model_bytes(tflite),
+        experimental_op_resolver_type=resolver,
+        num_threads=num_threads,
+    )
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def _flatbuffer(tflite):
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    return flatbuffer_utils.read_model_from_bytearray(bytearray(tflite))
+
+
+def _op_name(model, opcode_index):
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    code = model.operatorCodes[opcode_index]
+    if code.customCode:
+        return code.customCode.decode("ascii")
+    return flatbuffer_utils.opcode_to_name(model, opcode_index)
+
+
+def op_list(tflite):
+    """Returns the ops of every subgraph of a `.tflite`, in order.
+
+    Args:
+        tflite: `.tflite` bytes or path.
+
+    Returns:
+        A list of op names: builtin names such as "CONV_2D", or the custom
+        code (e.g. "FlexConv2D") for custom ops.
+    """
+    model = _flatbuffer(_model_bytes(tflite))
+    return [
+        _op_name(model, op.opcodeIndex)
+        for subgraph in model.subgraphs
+        for op in subgraph.operators
+    ]
+
+
+def check_builtin_ops(tflite):
+    """Raises `UnsupportedOpError` if a `.tflite` has non-builtin ops.
+
+    Flex ops (TF kernels, "Flex..." custom ops) need the
+    SELECT_TF_OPS runtime, which pip LiteRT interpreters do not have
+    (google-ai-edge/LiteRT#6458); other custom ops need registration.
+
+    Args:
+        tflite: `.tflite` bytes or path.
+    """
+    model = _flatbuffer(_model_bytes(tflite))
+    custom = sorted(
+        {
+            code.customCode.decode("ascii")
+            for code in model.operatorCodes
+            if code.customCode
+        }
+    )
+    if custom:
+        flex = [name for name in custom if name.startswith("Flex")]
+        kind = "Flex (SELECT_TF_OPS)" if flex else "custom"
+        raise UnsupportedOpError(
+            f"The TFLite model has {kind} ops {custom}; only builtin ops "
+            "are allowed, as the pip LiteRT runtimes cannot run Flex ops."
+        )
+
+
+def xnnpack_coverage(tflite, num_threads=1):
+    """Measures which ops of a `.tflite` the XNNPACK delegate takes.
+
+    How: LiteRT's Python interpreter applies XNNPACK by default. Each
+    partition XNNPACK claims becomes one "DELEGATE" node appended after the
+    model's own nodes; the replaced nodes stay in the node list but leave
+    the execution plan. A delegate node's inputs and outputs are its
+    partition's boundary tensors, and partitions are closed subgraphs, so
+    walking producers back from a delegate node's outputs until its inputs
+    recovers exactly the nodes it replaced. Every other node runs on a
+    builtin CPU kernel.
+
+    Args:
+        tflite: `.tflite` bytes or path.
+        num_threads: Interpreter threads. Defaults to 1.
+
+    Returns:
+        A dict: `partitions` (delegate nodes), `pieces` (nodes in the
+        execution plan: partitions plus ops left out; 1 means XNNPACK runs
+        the whole graph), `delegated_ops` (count), `ops_left_out`
+        (`{op name: count}`) and `total_ops`.
+    """
+    tflite = _model_bytes(tflite)
+    model = _flatbuffer(tflite)
+    operators = model.subgraphs[0].operators
+    total = len(operators)
+    interpreter = _interpreter(tflite, delegate=True, num_threads=num_threads)
+    producer = {}
+    for index, op in enumerate(operators):
+        for tensor in op.outputs:
+            producer[tensor] = index
+    delegated = set()
+    partitions = 0
+    for node in range(total, interpreter._interpreter.NumNodes()):
+        partitions += 1
+        boundary = set(interpreter._interpreter.NodeInputs(node))
+        stack = list(interpreter._interpreter.NodeOutputs(node))
+        while stack:
+            tensor = stack.pop()
+            if tensor in boundary or tensor not in producer:
+                continue
+            index = producer[tensor]
+            if index in delegated:
+                continue
+            delegated.add(index)
+            stack.extend(t for t in operators[index].inputs if t >= 0)
+    left = collections.Counter(
+        _op_name(model, operators[i].opcodeIndex)
+        for i in range(total)
+        if i not in delegated
+    )
+    return {
+        "partitions": partitions,
+        "pieces": partitions + sum(left.values()),
+        "delegated_ops": len(delegated),
+        "ops_left_out": dict(sorted(left.items())),
+        "total_ops": total,
+    }
+
+
+def _io_details(details):
+    out = []
+    for d in details:
+        scales = d["quantization_parameters"]["scales"]
+        zero_points = d["quantization_parameters"]["zero_points"]
+        out.append(
+            {
+                "name": d["name"],
+                "shape": [int(s) for s in d["shape"]],
+                "dtype": np.dtype(d["dtype"]).name,
+                "scale": float(scales[0]) if len(scales) == 1 else None,
+                "zero_point": (
+                    int(zero_points[0]) if len(zero_points) == 1 else None
+                ),
+            }
+        )
+    return out
+
+
+def model_report(tflite, num_threads=1):
+    """Describes a `.tflite` for deployment: size, ops, XNNPACK, ranks.
+
+    Reference:
+        Zhang et al., ShuffleNet, section 4.1 (the operations that make up
+        the network and their cost on mobile devices).
+
+    Args:
+        tflite: `.tflite` bytes or path.
+        num_threads: Interpreter threads for the XNNPACK check. Defaults
+            to 1.
+
+    Returns:
+        A JSON-serialisable dict: `size_bytes`; `num_ops` and `ops`
+        (`{op name: count}` over all subgraphs); `flex_ops` (custom op
+        names, should be empty); `xnnpack` (see `xnnpack_coverage`);
+        `max_tensor_rank` and `tensor_ranks` (`{rank: count}`); `inputs`
+        and `outputs` (name, shape, dtype, quantization scale/zero point).
+    """
+    tflite = _model_bytes(tflite)
+    model = _flatbuffer(tflite)
+    ops = op_list(tflite)
+    ranks = collections.Counter(
+        len(tensor.shape if tensor.shape is not None else ())
+        for subgraph in model.subgraphs
+        for tensor in subgraph.tensors
+    )
+    interpreter = _interpreter(tflite, delegate=False)
+    custom = sorted(
+        {c.customCode.decode("ascii") for c in model.operatorCodes
+         if c.customCode}
+    )
+    return {
+        "size_bytes": len(tflite),
+        "num_ops": len(ops),
+        "ops": dict(sorted(collections.Counter(ops).items())),
+        "flex_ops": custom,
+        "xnnpack": xnnpack_coverage(tflite, num_threads=num_threads),
+        "max_tensor_rank": max(ranks) if ranks else 0,
+        "tensor_ranks": {str(k): v for k, v in sorted(ranks.items())},
+        "inputs": _io_details(interpreter.get_input_details()),
+        "outputs": _io_details(interpreter.get_output_details()),
+    }
+
+
+def format_report(report, title=None):
+    """Renders `model_report` output as a plain-text table.
+
+    Args:
+        report: A dict from `model_report`.
+        title: Optional first line. Defaults to None.
+
+    Returns:
+        A multi-line string.
+    """
+    x = report["xnnpack"]
+    lines = [title] if title else []
+    io = lambda d: (  # noqa: E731
+        f"{d['dtype']}{d['shape']}"
+        + (f" scale={d['scale']:.4g} zp={d['zero_point']}"
+           if d["scale"] else "")
+    )
+    lines += [
+        f"  size            {report['size_bytes'] / 1024:.1f} KiB",
+        f"  inputs          {', '.join(io(d) for d in report['inputs'])}",
+        f"  outputs         {', '.join(io(d) for d in report['outputs'])}",
+        f"  ops             {report['num_ops']}",
+    ]
+    lines += [f"    {name:<24}{n:>5}" for name, n in report["ops"].items()]
+    left = ", ".join(f"{k} x{v}" for k, v in x["ops_left_out"].items())
+    lines += [
+        f"  XNNPACK pieces  {x['pieces']} ({x['partitions']} delegated "
+        f"partitions, {x['delegated_ops']}/{x['total_ops']} ops)",
+        f"  left out        {left or 'none'}",
+        f"  max tensor rank {report['max_tensor_rank']}",
+        f"  flex/custom ops {', '.join(report['flex_ops']) or 'none'}",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# Running and verification.
+# ---------------------------------------------------------------------------
+
+
+def _quantize_input(images, detail):
+    dtype = np.dtype(detail["dtype"])
+    if dtype == np.float32:
+        return images.astype(np.float32)
+    scale, zero_point = detail["quantization"]
+    if dtype == images.dtype and abs(scale - 1.0) < 1e-6 and zero_point == 0:
+        return images
+    info = np.iinfo(dtype)
+    q = np.round(images.astype(np.float32) / scale) + zero_point
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def _dequantize_output(values, detail):
+    if np.dtype(detail["dtype"]) == np.float32:
+        return values
+    scale, zero_point = detail["quantization"]
+    return (values.astype(np.float32) - zero_point) * scale
+
+
+class TFLiteModel:
+    """Runs a single-input, single-output `.tflite` image classifier.
+
+    Float pixel values go in whatever the model's input type: they are
+    quantized with the input tensor's scale and zero point when it is
+    int8/uint8 (uint8 frames pass unchanged when the scale is 1), and an
+    int8 output is dequantized, so results compare directly with Keras.
+
+    Args:
+        tflite: `.tflite` bytes or path.
+        num_threads: Interpreter threads. Defaults to 1.
+        delegate: Apply LiteRT's default XNNPACK delegate. Defaults to True.
+    """
+
+    def __init__(self, tflite, num_threads=1, delegate=True):
+        self._interpreter = _interpreter(tflite, delegate, num_threads)
+        inputs = self._interpreter.get_input_details()
+        outputs = self._interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise ValueError(
+                "Expected a model with one input and one output. "
+                f"Received: {len(inputs)} inputs, {len(outputs)} outputs"
+            )
+        self.input_detail = inputs[0]
+        self.output_detail = outputs[0]
+
+    @property
+    def image_size(self):
+        return tuple(int(s) for s in self.input_detail["shape"][1:3])
+
+    def __call__(self, images):
+        """Returns float32 outputs `[n, classes]` for images `[n, h, w, 3]`."""
+        images = _check_images(images, self.image_size, "images")
+        outputs = []
+        for image in images:
+            x = _quantize_input(image[np.newaxis], self.input_detail)
+            self._interpreter.set_tensor(self.input_detail["index"], x)
+            self._interpreter.invoke()
+            y = self._interpreter.get_tensor(self.output_detail["index"])
+            outputs.append(_dequantize_output(y, self.output_detail))
+        return np.concatenate(outputs)
+
+
+def outputs_softmax(tflite):
+    """Whether the model's output is computed by a SOFTMAX op.
+
+    Looks through DEQUANTIZE/QUANTIZE/RESHAPE at the output.
+
+    Args:
+        tflite: `.tflite` bytes or path.
+
+    Returns:
+        True when the output holds probabilities, False for logits.
+    """
+    model = _flatbuffer(_model_bytes(tflite))
+    subgraph = model.subgraphs[0]
+    producer = {t: op for op in subgraph.operators for t in op.outputs}
+    tensor = subgraph.outputs[0]
+    while tensor in producer:
+        op = producer[tensor]
+        name = _op_name(model, op.opcodeIndex)
+        if name not in _PASS_THROUGH_OPS:
+            return name == "SOFTMAX"
+        tensor = op.inputs[0]
+    return False
+
+
+def compare_outputs(reference, outputs, labels=None):
+    """Compares TFLite outputs with Keras outputs of the same images.
+
+    Args:
+        reference: Keras outputs `[n, classes]`.
+        outputs: TFLite outputs `[n, classes]`.
+        labels: Optional int labels `[n]` for top-1 accuracy.
+
+    Returns:
+        A dict: `num_examples`, `top1_agreement` (fraction with the same
+        argmax), `max_abs_diff`, `max_rel_diff` (max|a - b| / max|a| over
+        all examples, a = Keras), and with labels `keras_top1` and
+        `tflite_top1` accuracies.
+    """
+    reference = np.asarray(reference, np.float32)
+    outputs = np.asarray(outputs, np.float32)
+    if reference.shape != outputs.shape:
+        raise ValueError(
+            f"Output shapes differ: Keras {reference.shape}, TFLite "
+            f"{outputs.shape}"
+        )
+    diff = float(np.max(np.abs(reference - outputs)))
+    result = {
+        "num_examples": int(len(reference)),
+        "top1_agreement": float(
+            np.mean(reference.argmax(-1) == outputs.argmax(-1))
+        ),
+        "max_abs_diff": diff,
+        "max_rel_diff": diff / max(float(np.max(np.abs(reference))), 1e-30),
+    }
+    if labels is not None:
+        labels = np.asarray(labels)
+        result["keras_top1"] = float(np.mean(reference.argmax(-1) == labels))
+        result["tflite_top1"] = float(np.mean(outputs.argmax(-1) == labels))
+    return result
+
+
+def evaluate_tflite(
+    tflite,
+    dataset,
+    keras_model=None,
+    *,
+    max_examples=None,
+    num_threads=1,
+    progress=None,
+):
+    """Runs a `.tflite` over an evaluation dataset, optionally vs Keras.
+
+    The Keras model is compared at the same output as the TFLite model:
+    logits when the `.tflite` has no final softmax (see `logits_model`),
+    probabilities otherwise.
+
+    Reference:
+        Zhang et al., ShuffleNet, section 4 (single-crop top-1).
+
+    Args:
+        tflite: `.tflite` bytes or path.
+        dataset: Batches `(images, labels)` or `(images, labels,
+            sample_weight)` as `keras_shufflenet.data` gives for
+            evaluation; rows with weight 0 (padding) are skipped.
+        keras_model: The source Keras model. Defaults to None (TFLite
+            top-1 only).
+        max_examples: Stop after this many examples. Defaults to all.
+        num_threads: Interpreter threads. Defaults to 1.
+        progress: Optional callable `progress(done)` called per batch.
+
+    Returns:
+        A dict with `tflite_top1` and `num_examples`, plus
+        `compare_outputs`' fields when `keras_model` is given.
+    """
+    runner = TFLiteModel(tflite, num_threads=num_threads)
+    reference_model = None
+    if keras_model is not None:
+        reference_model = keras_model
+        if not outputs_softmax(tflite):
+            reference_model = logits_model(keras_model)
+    tflite_out, keras_out, labels = [], [], []
+    done = 0
+    for batch in dataset:
+        images, batch_labels = np.asarray(batch[0]), np.asarray(batch[1])
+        if len(batch) > 2:
+            keep = np.asarray(batch[2]) > 0
+            images, batch_labels = images[keep], batch_labels[keep]
+        if max_examples is not None:
+            images = images[: max_examples - done]
+            batch_labels = batch_labels[: max_examples - done]
+        if len(images) == 0:
+            break
+        tflite_out.append(runner(images))
+        if reference_model is not None:
+            keras_out.append(
+                np.asarray(reference_model(images.astype(np.float32),
+                                           training=False))
+            )
+        labels.append(batch_labels)
+        done += len(images)
+        if progress is not None:
+            progress(done)
+        if max_examples is not None and done >= max_examples:
+            break
+    if not done:
+        raise ValueError("`dataset` yielded no examples.")
+    outputs = np.concatenate(tflite_out)
+    labels = np.concatenate(labels)
+    if reference_model is None:
+        return {
+            "num_examples": done,
+            "tflite_top1": float(np.mean(outputs.argmax(-1) == labels)),
+        }
+    return compare_outputs(np.concatenate(keras_out), outputs, labels)
+
+
+def _write_atomic(path, content):
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
