@@ -25,7 +25,6 @@ Output contract (every source, every split):
 import dataclasses
 import math
 import os
-from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -126,31 +125,31 @@ class InputConfig:
     """
 
     source: str = "tfds"
-    name: Optional[str] = None
-    data_dir: Optional[str] = None
-    manual_dir: Optional[str] = None
+    name: str | None = None
+    data_dir: str | None = None
+    manual_dir: str | None = None
     download: bool = False
     train_split: str = "train"
     eval_split: str = "validation"
-    train_path: Optional[str] = None
-    eval_path: Optional[str] = None
+    train_path: str | None = None
+    eval_path: str | None = None
     label_offset: int = IMAGENET_TFRECORD_LABEL_OFFSET
-    num_classes: Optional[int] = None
-    num_train_examples: Optional[int] = None
-    num_eval_examples: Optional[int] = None
+    num_classes: int | None = None
+    num_train_examples: int | None = None
+    num_eval_examples: int | None = None
     image_size: int = 224
-    min_crop_area: Optional[float] = None
+    min_crop_area: float | None = None
     max_crop_area: float = 1.0
     model_scale: float = 1.0
-    aspect_ratio_range: Tuple[float, float] = DEFAULT_ASPECT_RATIO_RANGE
+    aspect_ratio_range: tuple[float, float] = DEFAULT_ASPECT_RATIO_RANGE
     color_jitter: float = 0.0
     crop_fraction: float = DEFAULT_CROP_FRACTION
     shuffle_buffer_size: int = 10_000
     cache: bool = False
     repeat: bool = True
     deterministic: bool = False
-    threadpool_size: Optional[int] = None
-    seed: Optional[int] = None
+    threadpool_size: int | None = None
+    seed: int | None = None
 
     @property
     def area_range(self):
@@ -172,12 +171,12 @@ class InputConfig:
                 "`name` (a TFDS dataset name) is required for source='tfds'. "
                 f"Received: name={self.name!r}"
             )
-        if self.source in ("tfrecord", "folder"):
-            if not self.train_path and not self.eval_path:
-                raise ValueError(
-                    f"source={self.source!r} needs `train_path` and/or "
-                    "`eval_path`. Received: neither"
-                )
+        needs_path = self.source in ("tfrecord", "folder")
+        if needs_path and not self.train_path and not self.eval_path:
+            raise ValueError(
+                f"source={self.source!r} needs `train_path` and/or "
+                "`eval_path`. Received: neither"
+            )
         if self.source == "tfrecord" and not self.num_classes:
             raise ValueError(
                 "`num_classes` is required for source='tfrecord'. "
@@ -346,9 +345,7 @@ def preprocess_for_train(
     """
     crop, _ = _decode_window(
         image_bytes,
-        lambda shape: sample_crop_window(
-            shape, area_range, aspect_ratio_range
-        ),
+        lambda shape: sample_crop_window(shape, area_range, aspect_ratio_range),
     )
     image = tf.image.resize(
         crop, [image_size, image_size], method="bilinear", antialias=False
@@ -493,17 +490,17 @@ class _FolderSource:
         self.num_classes = len(found)
         self.num_examples = len(self.files)
 
-    def records(self, input_context, training, config):
+    def records(self, input_context, shuffle, config):
         pairs = _shard_list(zip(self.files, self.labels), input_context)
         files = [f for f, _ in pairs]
         labels = np.array([label for _, label in pairs], np.int32)
         ds = tf.data.Dataset.from_tensor_slices((files, labels))
-        if training:
+        if shuffle:
             ds = ds.shuffle(len(files), seed=config.seed)
         return ds.map(
             lambda f, label: (tf.io.read_file(f), label),
             num_parallel_calls=AUTOTUNE,
-            deterministic=config.deterministic or not training,
+            deterministic=config.deterministic or not shuffle,
         )
 
 
@@ -576,7 +573,7 @@ class _TFRecordSource:
             )
         return count
 
-    def records(self, input_context, training, config):
+    def records(self, input_context, shuffle, config):
         files = self.files
         shard_records = False
         if input_context is not None and input_context.num_input_pipelines > 1:
@@ -585,13 +582,13 @@ class _TFRecordSource:
             else:
                 shard_records = True
         ds = tf.data.Dataset.from_tensor_slices(files)
-        if training:
+        if shuffle:
             ds = ds.shuffle(len(files), seed=config.seed)
         ds = ds.interleave(
             tf.data.TFRecordDataset,
             cycle_length=min(16, len(files)),
             num_parallel_calls=AUTOTUNE,
-            deterministic=config.deterministic or not training,
+            deterministic=config.deterministic or not shuffle,
         )
         if shard_records:
             ds = ds.shard(
@@ -686,7 +683,7 @@ class _TFDSSource:
         ds = self._dataset(self.split, shuffle=False)
         return int(ds.reduce(np.int64(0), lambda n, _: n + 1))
 
-    def records(self, input_context, training, config):
+    def records(self, input_context, shuffle, config):
         import tensorflow_datasets as tfds
 
         split = self.split
@@ -694,7 +691,7 @@ class _TFDSSource:
             split = tfds.even_splits(
                 split, n=input_context.num_input_pipelines
             )[input_context.input_pipeline_id]
-        ds = self._dataset(split, shuffle=training)
+        ds = self._dataset(split, shuffle=shuffle)
         return ds.map(
             lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32)),
             num_parallel_calls=AUTOTUNE,
@@ -748,28 +745,21 @@ def load_digits_arrays(image_size=32, eval_fraction=DIGITS_EVAL_FRACTION):
 
 
 class _DigitsSource:
-    """In-memory digits; yields decoded uint8 images, not bytes."""
+    """One in-memory digits split; yields decoded uint8 images, not bytes."""
 
-    decoded = True
-
-    def __init__(self, config):
-        self._train, self._eval = load_digits_arrays(config.image_size)
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels
         self.num_classes = 10
+        self.num_examples = len(labels)
 
-    def num_examples_for(self, training):
-        return len((self._train if training else self._eval)[1])
-
-    def records(self, input_context, training, config):
-        images, labels = self._train if training else self._eval
+    def records(self, input_context, shuffle, config):
+        images, labels = self.images, self.labels
         if input_context is not None and input_context.num_input_pipelines > 1:
-            images = images[input_context.input_pipeline_id :: (
-                input_context.num_input_pipelines
-            )]
-            labels = labels[input_context.input_pipeline_id :: (
-                input_context.num_input_pipelines
-            )]
+            step = input_context.num_input_pipelines
+            images = images[input_context.input_pipeline_id :: step]
+            labels = labels[input_context.input_pipeline_id :: step]
         ds = tf.data.Dataset.from_tensor_slices((images, labels))
-        if training:
+        if shuffle:
             ds = ds.shuffle(len(labels), seed=config.seed)
         return ds
 
@@ -818,15 +808,22 @@ class InputPipeline:
         self.config = config
         self._sources = {}
         if config.source == "digits":
-            digits = _DigitsSource(config)
-            self._sources = {True: digits, False: digits}
+            train, test = load_digits_arrays(config.image_size)
+            self._sources = {
+                True: _DigitsSource(*train),
+                False: _DigitsSource(*test),
+            }
         elif config.source == "tfds":
             self._sources[True] = _TFDSSource(
-                config, config.train_split, "train_split",
+                config,
+                config.train_split,
+                "train_split",
                 config.num_train_examples,
             )
             self._sources[False] = _TFDSSource(
-                config, config.eval_split, "eval_split",
+                config,
+                config.eval_split,
+                "eval_split",
                 config.num_eval_examples,
             )
         elif config.source == "folder":
@@ -841,15 +838,26 @@ class InputPipeline:
                 )
         else:
             for training, path, argument, count in (
-                (True, config.train_path, "train_path",
-                 config.num_train_examples),
-                (False, config.eval_path, "eval_path",
-                 config.num_eval_examples),
+                (
+                    True,
+                    config.train_path,
+                    "train_path",
+                    config.num_train_examples,
+                ),
+                (
+                    False,
+                    config.eval_path,
+                    "eval_path",
+                    config.num_eval_examples,
+                ),
             ):
                 if path:
                     self._sources[training] = _TFRecordSource(
-                        path, argument, config.num_classes,
-                        config.label_offset, count,
+                        path,
+                        argument,
+                        config.num_classes,
+                        config.label_offset,
+                        count,
                     )
         found = next(iter(self._sources.values())).num_classes
         if config.num_classes is not None and config.num_classes != found:
@@ -879,10 +887,7 @@ class InputPipeline:
 
     def num_examples(self, training):
         """Examples in the training or evaluation split (all replicas)."""
-        source = self._source(training)
-        if isinstance(source, _DigitsSource):
-            return source.num_examples_for(training)
-        return source.num_examples
+        return self._source(training).num_examples
 
     def steps_per_epoch(self, training, global_batch_size):
         """Training: full batches per epoch; eval: batches incl. padding.
@@ -914,14 +919,26 @@ class InputPipeline:
         if input_context is not None:
             batch_size = input_context.get_per_replica_batch_size(batch_size)
         if batch_size < 1:
-            raise ValueError(f"`batch_size` must be >= 1. Received: {batch_size}")
+            raise ValueError(
+                f"`batch_size` must be >= 1. Received: {batch_size}"
+            )
         source = self._source(training)
-        ds = source.records(input_context, training, config)
+        # With a cache, read in a fixed order and shuffle the cached
+        # examples fully each epoch instead of freezing one file order.
+        ds = source.records(
+            input_context, training and not config.cache, config
+        )
         if config.cache:
             ds = ds.cache()
         if training:
-            if not isinstance(source, _DigitsSource):
-                ds = ds.shuffle(config.shuffle_buffer_size, seed=config.seed)
+            if config.cache:
+                buffer = self.num_examples(training)
+            elif isinstance(source, _DigitsSource):
+                buffer = 0  # Already fully shuffled in memory.
+            else:
+                buffer = config.shuffle_buffer_size
+            if buffer > 1:
+                ds = ds.shuffle(buffer, seed=config.seed)
             if config.repeat:
                 ds = ds.repeat()
         size = config.image_size

@@ -17,8 +17,7 @@ import time
 
 import numpy as np
 import tensorflow as tf
-from absl import app
-from absl import flags
+from absl import app, flags
 from PIL import Image
 
 from keras_shufflenet import data
@@ -30,8 +29,12 @@ flags.DEFINE_enum("format", "folder", ["folder", "tfrecord"], "Source kind.")
 flags.DEFINE_string("data_dir", None, "Where to write; a temp dir if unset.")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
 flags.DEFINE_integer("image_size", 224, "Output side.")
-flags.DEFINE_integer("threads", 1, "tf.data private threadpool size; the "
-                     "per-core figure is images/s divided by this.")
+flags.DEFINE_integer(
+    "threads",
+    1,
+    "tf.data private threadpool size; the "
+    "per-core figure is images/s divided by this.",
+)
 flags.DEFINE_integer("repeats", 5, "Timed repeats; the median is reported.")
 flags.DEFINE_integer("timed_images", 2048, "Images per timed repeat.")
 flags.DEFINE_integer("warmup_images", 512, "Images consumed before timing.")

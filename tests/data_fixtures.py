@@ -54,8 +54,10 @@ def cmyk_jpeg(height=40, width=48, seed=0):
 
 def truncated_jpeg():
     """A JPEG cut off half-way: undecodable."""
-    data = encode(solid(100, 64, 64) + np.arange(64, dtype=np.uint8)[:, None,
-                  None], "JPEG")
+    data = encode(
+        solid(100, 64, 64) + np.arange(64, dtype=np.uint8)[:, None, None],
+        "JPEG",
+    )
     return data[: len(data) // 2]
 
 

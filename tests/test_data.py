@@ -166,10 +166,13 @@ def test_training_batches_are_uint8_static_shape_and_drop_remainder(tmp_path):
     assert pipeline.steps_per_epoch(True, 3) == 2
 
 
-@pytest.mark.parametrize("count,batches,last_weights", [
-    (7, 3, [1, 0, 0]),
-    (6, 2, [1, 1, 1]),
-])
+@pytest.mark.parametrize(
+    "count,batches,last_weights",
+    [
+        (7, 3, [1, 0, 0]),
+        (6, 2, [1, 1, 1]),
+    ],
+)
 def test_eval_pads_last_batch_and_counts_every_example_once(
     tmp_path, count, batches, last_weights
 ):
@@ -228,7 +231,7 @@ def test_dataset_fn_feeds_distribute_datasets_from_function(tmp_path):
     dataset = strategy.distribute_datasets_from_function(
         pipeline.dataset_fn(training=True, global_batch_size=4)
     )
-    images, labels = next(iter(dataset))
+    images, _labels = next(iter(dataset))
     per_replica = strategy.experimental_local_results(images)
     assert [x.shape.as_list() for x in per_replica] == [[2, 16, 16, 3]] * 2
     assert all(x.dtype == tf.uint8 for x in per_replica)
@@ -266,8 +269,12 @@ def test_tfrecord_zero_based_labels_with_label_offset_0(tmp_path):
     examples = [(data_, label - 1) for data_, label in _tfrecord_examples(5)]
     directory = fx.write_tfrecords(str(tmp_path), examples, 2)
     config = data.InputConfig(
-        source="tfrecord", train_path=os.path.join(directory, "train-*"),
-        num_classes=5, label_offset=0, image_size=8, repeat=False,
+        source="tfrecord",
+        train_path=os.path.join(directory, "train-*"),
+        num_classes=5,
+        label_offset=0,
+        image_size=8,
+        repeat=False,
     )
     pipeline = data.InputPipeline(config)
     labels = np.concatenate([y.numpy() for _, y in pipeline.dataset(True, 1)])
@@ -316,8 +323,12 @@ def test_tfrecord_missing_and_empty_sources_raise(tmp_path):
 def test_tfds_source_reads_mocked_tf_flowers(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     config = data.InputConfig(
-        source="tfds", name="tf_flowers", data_dir=str(tmp_path),
-        train_split="train", eval_split="train", image_size=16,
+        source="tfds",
+        name="tf_flowers",
+        data_dir=str(tmp_path),
+        train_split="train",
+        eval_split="train",
+        image_size=16,
     )
     with tfds.testing.mock_data(num_examples=5):
         pipeline = data.InputPipeline(config)
@@ -337,8 +348,12 @@ def test_tfds_imagenet2012_uses_manual_dir_and_has_1000_classes(tmp_path):
     manual = tmp_path / "manual"
     manual.mkdir()
     config = data.InputConfig(
-        source="tfds", name="imagenet2012", data_dir=str(tmp_path),
-        manual_dir=str(manual), image_size=8, num_classes=1000,
+        source="tfds",
+        name="imagenet2012",
+        data_dir=str(tmp_path),
+        manual_dir=str(manual),
+        image_size=8,
+        num_classes=1000,
     )
     with tfds.testing.mock_data(num_examples=3):
         pipeline = data.InputPipeline(config)
@@ -354,19 +369,23 @@ def test_tfds_imagenet2012_uses_manual_dir_and_has_1000_classes(tmp_path):
 def test_tfds_class_count_mismatch_raises(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     config = data.InputConfig(
-        source="tfds", name="tf_flowers", data_dir=str(tmp_path),
+        source="tfds",
+        name="tf_flowers",
+        data_dir=str(tmp_path),
         num_classes=1000,
     )
-    with tfds.testing.mock_data(num_examples=2):
-        with pytest.raises(ValueError, match="num_classes=1000.*5 classes"):
-            data.InputPipeline(config)
+    with (
+        tfds.testing.mock_data(num_examples=2),
+        pytest.raises(ValueError, match="num_classes=1000.*5 classes"),
+    ):
+        data.InputPipeline(config)
 
 
 # --------------------------------------------------------------- digits ----
 
 
 def test_digits_split_is_deterministic_stratified_and_uint8():
-    (x1, y1), (xe, ye) = data.load_digits_arrays(32)
+    (x1, _y1), (xe, ye) = data.load_digits_arrays(32)
     (x2, _), _ = data.load_digits_arrays(32)
     assert x1.shape == (1437, 32, 32, 3) and xe.shape == (360, 32, 32, 3)
     assert x1.dtype == np.uint8 and x1.max() == 255 and x1.min() == 0
@@ -376,10 +395,10 @@ def test_digits_split_is_deterministic_stratified_and_uint8():
         data.InputConfig(source="digits", image_size=32)
     )
     assert pipeline.num_classes == 10 and pipeline.num_examples(False) == 360
-    images, labels, batches = _collect_eval(pipeline.dataset(False, 64))
+    _images, labels, batches = _collect_eval(pipeline.dataset(False, 64))
     assert batches == 6 and len(labels) == 360
     np.testing.assert_array_equal(np.sort(labels), np.sort(ye))
-    x, y = next(iter(pipeline.dataset(True, 16)))
+    x, _y = next(iter(pipeline.dataset(True, 16)))
     assert x.shape == (16, 32, 32, 3) and x.dtype == tf.uint8
 
 
@@ -408,7 +427,8 @@ def test_eval_classes_differing_from_train_classes_raise(tmp_path):
     fx.write_folder(tmp_path / "train", {"a": 1, "b": 1, "c": 1})
     fx.write_folder(tmp_path / "val", {"a": 1, "b": 1})
     config = data.InputConfig(
-        source="folder", train_path=str(tmp_path / "train"),
+        source="folder",
+        train_path=str(tmp_path / "train"),
         eval_path=str(tmp_path / "val"),
     )
     with pytest.raises(ValueError, match=r"val.*\(2 classes\).*\(3\)"):
@@ -421,17 +441,23 @@ def test_num_classes_mismatch_raises(tmp_path):
         data.InputPipeline(_folder_config(str(tmp_path), num_classes=10))
 
 
-@pytest.mark.parametrize("kwargs,pattern", [
-    (dict(source="csv"), "source='csv'"),
-    (dict(source="tfds"), "name"),
-    (dict(source="folder"), "train_path"),
-    (dict(name="x", min_crop_area=0.0), "min_crop_area=0.0"),
-    (dict(name="x", min_crop_area=0.9, max_crop_area=0.5), "max_crop_area"),
-    (dict(name="x", crop_fraction=1.5), "crop_fraction=1.5"),
-    (dict(name="x", aspect_ratio_range=(2.0, 1.0)), "aspect_ratio_range"),
-    (dict(name="x", image_size=0), "image_size=0"),
-    (dict(name="x", color_jitter=1.5), "color_jitter=1.5"),
-])
+@pytest.mark.parametrize(
+    "kwargs,pattern",
+    [
+        ({"source": "csv"}, "source='csv'"),
+        ({"source": "tfds"}, "name"),
+        ({"source": "folder"}, "train_path"),
+        ({"name": "x", "min_crop_area": 0.0}, "min_crop_area=0.0"),
+        (
+            {"name": "x", "min_crop_area": 0.9, "max_crop_area": 0.5},
+            "max_crop_area",
+        ),
+        ({"name": "x", "crop_fraction": 1.5}, "crop_fraction=1.5"),
+        ({"name": "x", "aspect_ratio_range": (2.0, 1.0)}, "aspect_ratio_range"),
+        ({"name": "x", "image_size": 0}, "image_size=0"),
+        ({"name": "x", "color_jitter": 1.5}, "color_jitter=1.5"),
+    ],
+)
 def test_invalid_config_raises_naming_the_argument(kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
         data.InputConfig(**kwargs).validate()
@@ -444,3 +470,28 @@ def test_missing_split_path_raises_when_that_split_is_requested(tmp_path):
     )
     with pytest.raises(ValueError, match="eval_path"):
         pipeline.dataset(False, 2)
+
+
+def test_cache_reshuffles_every_epoch_and_keeps_each_example_once(tmp_path):
+    fx.write_folder(tmp_path, {"a": 12, "b": 12})
+    config = _folder_config(str(tmp_path), cache=True, repeat=False)
+    pipeline = data.InputPipeline(config)
+    dataset = pipeline.dataset(True, 4)
+    epochs = [
+        np.concatenate([x.numpy()[:, 0, 0, 0] for x, _ in dataset]).tolist()
+        for _ in range(2)
+    ]
+    # Train crops of solid PNGs keep the index; 24 examples, 6 batches.
+    assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(24))
+    assert epochs[0] != epochs[1]
+
+
+def test_color_jitter_scales_brightness_within_strength():
+    gray = tf.fill([8, 8, 3], 100.0)
+    values = np.array(
+        [data._color_jitter(gray, 0.4).numpy()[0, 0, 0] for _ in range(200)]
+    )
+    # Contrast and saturation leave a flat grey image unchanged, so only
+    # the brightness factor in [0.6, 1.4] remains.
+    assert values.min() >= 60.0 - 1e-3 and values.max() <= 140.0 + 1e-3
+    assert values.max() - values.min() > 40.0
