@@ -29,6 +29,20 @@ import os
 import numpy as np
 import tensorflow as tf
 
+__all__ = [
+    "DEFAULT_CROP_FRACTION",
+    "IMAGENET_TFRECORD_LABEL_OFFSET",
+    "InputConfig",
+    "InputPipeline",
+    "build_dataset",
+    "default_min_crop_area",
+    "eval_crop_window",
+    "load_digits_arrays",
+    "preprocess_for_eval",
+    "preprocess_for_train",
+    "sample_crop_window",
+]
+
 AUTOTUNE = tf.data.AUTOTUNE
 
 # Labels of the Cloud TPU ImageNet conversion script run 1..1000 (0 is unused
@@ -626,7 +640,12 @@ class _TFDSSource:
         self.split = split
         if config.data_dir is not None:
             _check_exists(config.data_dir, "data_dir")
-        builder = tfds.builder(config.name, data_dir=config.data_dir)
+        try:
+            builder = tfds.builder(config.name, data_dir=config.data_dir)
+        except tfds.core.registered.DatasetNotFoundError:
+            raise ValueError(
+                f"Unknown TFDS dataset. Received: name={config.name!r}"
+            ) from None
         if config.manual_dir is not None:
             _check_exists(config.manual_dir, "manual_dir")
             builder.download_and_prepare(
@@ -873,7 +892,16 @@ class InputPipeline:
 
     @property
     def bad_image_count(self):
-        """Undecodable images skipped so far (counted each time read)."""
+        """Returns how many undecodable images were skipped so far.
+
+        The count covers every dataset built by this pipeline and grows
+        each time a bad image is read: once per epoch in training, and
+        again for images that prefetching read ahead. After one complete
+        evaluation pass over a fresh pipeline it equals the number of bad
+        files in the split. ``bad_images`` is the underlying int64
+        ``tf.Variable``; build the pipeline outside ``strategy.scope()`` so
+        that it stays a plain variable.
+        """
         return int(self.bad_images.numpy())
 
     def _source(self, training):
@@ -933,8 +961,11 @@ class InputPipeline:
         if training:
             if config.cache:
                 buffer = self.num_examples(training)
-            elif isinstance(source, _DigitsSource):
-                buffer = 0  # Already fully shuffled in memory.
+            elif isinstance(source, (_DigitsSource, _FolderSource)):
+                # The whole file list (or array) is already shuffled each
+                # epoch; a second buffer of encoded images would only cost
+                # memory (10,000 ImageNet JPEGs are about 1.1 GB).
+                buffer = 0
             else:
                 buffer = config.shuffle_buffer_size
             if buffer > 1:
@@ -993,8 +1024,16 @@ class InputPipeline:
         return ds.with_options(options).prefetch(AUTOTUNE)
 
     def dataset_fn(self, training, global_batch_size):
-        """Returns ``fn(input_context)`` for
-        ``strategy.distribute_datasets_from_function``."""
+        """Returns a dataset function for distribution strategies.
+
+        Args:
+            training: As in ``dataset``.
+            global_batch_size: Batch size summed over all replicas.
+
+        Returns:
+            ``fn(input_context)`` building this pipeline's shard, for
+            ``strategy.distribute_datasets_from_function``.
+        """
 
         def fn(input_context=None):
             return self.dataset(training, global_batch_size, input_context)

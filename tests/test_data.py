@@ -495,3 +495,15 @@ def test_color_jitter_scales_brightness_within_strength():
     # the brightness factor in [0.6, 1.4] remains.
     assert values.min() >= 60.0 - 1e-3 and values.max() <= 140.0 + 1e-3
     assert values.max() - values.min() > 40.0
+
+
+def test_tfds_unprepared_or_unknown_dataset_raises_before_training(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    config = data.InputConfig(
+        source="tfds", name="tf_flowers", data_dir=str(tmp_path)
+    )
+    with pytest.raises(FileNotFoundError, match="'tf_flowers' is not prep"):
+        data.InputPipeline(config)
+    config.name = "no_such_dataset_xyz"
+    with pytest.raises(ValueError, match="name='no_such_dataset_xyz'"):
+        data.InputPipeline(config)
