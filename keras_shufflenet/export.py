@@ -4,10 +4,12 @@ verification of a converted model against its Keras source."""
 
 import collections
 import csv
+import io
 import math
 import os
 import re
 import tempfile
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -23,6 +25,8 @@ INPUT_NAME = "images"
 # Ops whose output passes its input's values through (quantization
 # plumbing); looked through when asking what computed a model output.
 _PASS_THROUGH_OPS = ("DEQUANTIZE", "QUANTIZE", "RESHAPE")
+# How the MLIR converter names an op it cannot lower to a builtin.
+_NON_BUILTIN_OP = re.compile(r"'tf\.(\w+)' op is neither a custom op")
 _DTYPES = {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}
 
 
@@ -271,34 +275,59 @@ def _check_choice(value, choices, argument):
         )
 
 
-def _float_node_names(float_tflite, layer_names):
-    """Maps Keras layer names to the TFLite node names they became.
+def _float_node_names(float_tflite, selectors):
+    """Maps `float_layers` selectors to TFLite node (output tensor) names.
 
-    TFLite tensors are named after the SavedModel ops, e.g.
-    `model_1/conv1_1/convolution`: the Keras layer name is one path
-    component, with an optional `_<k>` uniquifying suffix.
+    "first" selects every op from the input through the first CONV_2D
+    (preprocessing and the stem convolution); "last" walks back from the
+    model output through the first FULLY_CONNECTED or CONV_2D (the
+    classifier, with its softmax). Any other selector is a Keras layer
+    name, matched as a path component of the op's output tensor name
+    (`model_1/conv1_1/convolution`): converted tensors keep the names of
+    the SavedModel ops, with a `_<k>` uniquifying suffix.
     """
-    interpreter = _interpreter(float_tflite, delegate=False)
-    tensor_names = {
-        t["index"]: t["name"] for t in interpreter.get_tensor_details()
-    }
-    outputs = [
-        tensor_names[i]
-        for op in interpreter._get_ops_details()
-        for i in op["outputs"]
+    model = _flatbuffer(float_tflite)
+    subgraph = model.subgraphs[0]
+    operators = subgraph.operators
+    kinds = [_op_name(model, op.opcodeIndex) for op in operators]
+    names = [
+        [subgraph.tensors[t].name.decode() for t in op.outputs]
+        for op in operators
     ]
-    nodes = []
-    for layer in layer_names:
-        pattern = re.compile(rf"(^|/){re.escape(layer)}(_\d+)?/")
-        found = [name for name in outputs if pattern.search(name)]
+    producer = {t: i for i, op in enumerate(operators) for t in op.outputs}
+    selected = []
+    for selector in selectors:
+        if selector == "first":
+            end = kinds.index("CONV_2D") if "CONV_2D" in kinds else -1
+            found = list(range(end + 1))
+        elif selector == "last":
+            found = []
+            tensor = subgraph.outputs[0]
+            while tensor in producer:
+                index = producer[tensor]
+                found.append(index)
+                if kinds[index] in ("FULLY_CONNECTED", "CONV_2D"):
+                    break
+                tensor = operators[index].inputs[0]
+        else:
+            pattern = re.compile(rf"(^|/){re.escape(selector)}(_\d+)?/")
+            found = [
+                i
+                for i, outputs in enumerate(names)
+                if any(
+                    pattern.search(part)
+                    for name in outputs
+                    for part in name.split(";")
+                )
+            ]
         if not found:
             raise ValueError(
-                f"`float_layers` names layer {layer!r}, which has no op in "
-                "the converted graph. Use Keras layer names such as "
-                "'conv1' or 'predictions'."
+                f"`float_layers` entry {selector!r} matches no op of the "
+                "converted graph. Use 'first', 'last' or Keras layer names "
+                "such as 'stage2_unit1_gconv1'."
             )
-        nodes.extend(found)
-    return nodes
+        selected.extend(found)
+    return [name for i in sorted(set(selected)) for name in names[i]]
 
 
 def _converter(saved_model_dir, mode, images, input_type, output_type,
@@ -329,14 +358,13 @@ def _run_converter(convert_fn, what):
     try:
         return convert_fn()
     except Exception as e:  # ConverterError is not public API.
-        message = str(e)
-        if "Select" in message or "Flex" in message or (
-            "not supported" in message
-        ):
+        ops = sorted(set(_NON_BUILTIN_OP.findall(str(e))))
+        if ops:
             raise UnsupportedOpError(
-                f"{what} needs ops outside the TFLite builtin set; "
-                "Flex/SELECT_TF_OPS is refused because the pip LiteRT "
-                f"runtimes cannot run it. Converter message: {message}"
+                f"{what} needs TensorFlow ops with no TFLite builtin "
+                f"kernel: {ops}. Flex (SELECT_TF_OPS) and custom ops are "
+                "refused because the pip LiteRT runtimes cannot run them; "
+                "replace these ops in the model."
             ) from e
         raise
 
@@ -365,6 +393,35 @@ def convert_saved_model(
     Returns:
         The `.tflite` flatbuffer as bytes.
     """
+    return _convert_saved_model(
+        saved_model_dir,
+        output_path,
+        f"SavedModel {os.fspath(saved_model_dir)}",
+        mode=mode,
+        calibration_data=calibration_data,
+        num_calibration_images=num_calibration_images,
+        input_type=input_type,
+        output_type=output_type,
+        per_channel=per_channel,
+        float_layers=float_layers,
+        debug_csv=debug_csv,
+    )
+
+
+def _convert_saved_model(
+    saved_model_dir,
+    output_path,
+    what,
+    *,
+    mode,
+    calibration_data,
+    num_calibration_images,
+    input_type,
+    output_type,
+    per_channel,
+    float_layers,
+    debug_csv,
+):
     _check_choice(mode, MODES, "mode")
     _check_choice(input_type, INPUT_TYPES, "input_type")
     _check_choice(output_type, OUTPUT_TYPES, "output_type")
@@ -378,6 +435,15 @@ def convert_saved_model(
         raise ValueError(
             "`float_layers` and `debug_csv` apply to mode='int8'. "
             f"Received: mode={mode!r}"
+        )
+    if isinstance(float_layers, str):
+        float_layers = [float_layers]
+    float_layers = list(float_layers or ())
+    if float_layers and (input_type, output_type) != ("float32", "float32"):
+        # Selective quantization (QuantizationDebugger) keeps float I/O.
+        raise ValueError(
+            "`float_layers` needs float32 input and output. Received: "
+            f"input_type={input_type!r}, output_type={output_type!r}"
         )
     saved_model_dir = os.fspath(saved_model_dir)
     if not os.path.isfile(os.path.join(saved_model_dir, "saved_model.pb")):
@@ -404,11 +470,29 @@ def convert_saved_model(
     converter = _converter(
         saved_model_dir, mode, images, input_type, output_type, per_channel
     )
-    what = f"SavedModel {saved_model_dir}"
-    if float_layers or debug_csv:
-        tflite = _debugged_conversion(
-            converter, saved_model_dir, images, float_layers, debug_csv, what
+    if debug_csv:
+        # The debugger re-targets its converter, so it gets its own.
+        debugger = _quantization_debugger(
+            _converter(saved_model_dir, mode, images, input_type,
+                       output_type, per_channel),
+            images,
+            _debug_options(saved_model_dir, float_layers, what),
+            what,
         )
+        _write_layer_csv(debugger, debug_csv)
+    if float_layers:
+        # Float islands need the float kernels next to the int8 ones.
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+            tf.lite.OpsSet.TFLITE_BUILTINS,
+        ]
+        debugger = _quantization_debugger(
+            converter,
+            images,
+            _debug_options(saved_model_dir, float_layers, what),
+            what,
+        )
+        tflite = _run_converter(debugger.get_nondebug_quantized_model, what)
     else:
         tflite = _run_converter(converter.convert, what)
     check_builtin_ops(tflite)
@@ -424,93 +508,59 @@ def _saved_model_input_size(saved_model_dir):
     return tuple(tensor_spec.shape[1:3])
 
 
-def _debugged_conversion(converter, saved_model_dir, images, float_layers,
-                         debug_csv, what):
-    """int8 conversion through `tf.lite.experimental.QuantizationDebugger`.
-
-    The debugger converts once with per-layer "numeric verify" ops to
-    measure each quantized layer against float, and converts again for the
-    deployable model, keeping the `denylisted_nodes` in float.
-    """
-    nodes = []
+def _debug_options(saved_model_dir, float_layers, what):
+    nodes = None
     if float_layers:
-        float_converter = tf.lite.TFLiteConverter.from_saved_model(
-            saved_model_dir
-        )
-        float_converter.target_spec.supported_ops = [
-            tf.lite.OpsSet.TFLITE_BUILTINS
-        ]
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         nodes = _float_node_names(
-            _run_converter(float_converter.convert, what), float_layers
+            _run_converter(converter.convert, what), float_layers
         )
-        # Float islands need the float kernels next to the int8 ones.
-        converter.target_spec.supported_ops = [
-            tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-            tf.lite.OpsSet.TFLITE_BUILTINS,
-        ]
-    options = tf.lite.experimental.QuantizationDebugOptions(
-        denylisted_nodes=nodes or None
+    return tf.lite.experimental.QuantizationDebugOptions(
+        denylisted_nodes=nodes
     )
-    debugger = _run_converter(
-        lambda: tf.lite.experimental.QuantizationDebugger(
-            converter=converter,
-            debug_dataset=_representative_dataset(images),
-            debug_options=options,
-        ),
-        what,
-    )
-    if debug_csv:
-        debugger.run()
-        _write_layer_csv(debugger, debug_csv)
-    return _run_converter(debugger.get_nondebug_quantized_model, what)
+
+
+def _quantization_debugger(converter, images, options, what):
+    # The debugger runs TF's deprecated tf.lite.Interpreter internally.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return _run_converter(
+            lambda: tf.lite.experimental.QuantizationDebugger(
+                converter=converter,
+                debug_dataset=_representative_dataset(images),
+                debug_options=options,
+            ),
+            what,
+        )
 
 
 def _write_layer_csv(debugger, path):
     """Writes the debugger's per-layer statistics plus RMSE/scale.
 
-    RMSE/scale near 1/sqrt(12) ~ 0.29 is the error of ideal rounding; much
-    larger values flag layers whose range is badly served by 8 bits.
+    The debugger compares every quantized op's output with the float op
+    fed the same (dequantized) input. RMSE/scale is the error in units of
+    the quantization step: about 1/sqrt(12) = 0.29 is ideal rounding, and
+    much larger values flag layers 8 bits serve badly.
     """
-    stats = debugger.layer_statistics
-    rows = []
-    details = {d["tensor_name"]: d for d in debugger._get_layer_details()} if (
-        hasattr(debugger, "_get_layer_details")
-    ) else {}
-    for name, metrics in stats.items():
-        row = {"tensor_name": name}
-        row.update({k: float(v) for k, v in metrics.items()})
-        detail = details.get(name, {})
-        scale = detail.get("scale")
-        if scale is None:
-            scale = _debug_scale(debugger, name)
-        row["scale"] = scale
-        mse = row.get("mean_squared_error", float("nan"))
-        row["rmse/scale"] = (
-            math.sqrt(mse) / scale if scale else float("nan")
-        )
-        rows.append(row)
-    fields = list(dict.fromkeys(k for row in rows for k in row))
-    text = _csv_text(rows, fields)
-    _write_atomic(path, text.encode())
-
-
-def _debug_scale(debugger, tensor_name):
-    interpreter = debugger._quant_interpreter
-    for detail in interpreter.get_tensor_details():
-        if detail["name"] == tensor_name:
-            scales = detail["quantization_parameters"]["scales"]
-            return float(scales[0]) if len(scales) else None
-    return None
-
-
-def _csv_text(rows, fields):
-    import io
-
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        debugger.run()
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields)
+    debugger.layer_statistics_dump(buffer)
+    rows = list(csv.DictReader(io.StringIO(buffer.getvalue())))
+    for row in rows:
+        rmse = math.sqrt(float(row["mean_squared_error"]))
+        scale = float(row["scale"])
+        row["rmse"] = rmse
+        row["rmse/scale"] = rmse / scale if scale else float("nan")
+    fields = list(rows[0]) if rows else ["tensor_name", "rmse", "rmse/scale"]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
-    return buffer.getvalue()
+    _write_atomic(path, out.getvalue().encode())
+    return rows
 
 
 def convert(
@@ -588,9 +638,10 @@ def convert(
     with tempfile.TemporaryDirectory() as tmp:
         saved_model_dir = os.path.join(tmp, "saved_model")
         export_saved_model(model, saved_model_dir, image_size)
-        return convert_saved_model(
+        return _convert_saved_model(
             saved_model_dir,
             output_path,
+            f"Model {model.name!r}",
             mode=mode,
             calibration_data=calibration_data,
             num_calibration_images=num_calibration_images,
