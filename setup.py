@@ -1,0 +1,54 @@
+"""Package metadata for keras_shufflenet."""
+
+import pathlib
+import re
+
+import setuptools
+
+HERE = pathlib.Path(__file__).parent
+VERSION = re.search(
+    r'__version__ = "([^"]+)"',
+    (HERE / "keras_shufflenet" / "__init__.py").read_text(),
+).group(1)
+
+setuptools.setup(
+    name="keras_shufflenet",
+    version=VERSION,
+    description=(
+        "ShuffleNet v1 (Zhang et al., 2017) for Keras 3: the model family, "
+        "ImageNet training recipes and TFLite deployment."
+    ),
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=setuptools.find_packages(include=["keras_shufflenet*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow>=2.21,<2.22",
+        "keras>=3.15",
+        "absl-py>=2.0",
+        "numpy",
+        # Input pipelines: TFDS sources, and the quickstart's digits.
+        "tensorflow-datasets>=4.9",
+        "scikit-learn>=1.3",
+        # Training curves and latency plots.
+        "matplotlib>=3.7",
+        # TFLite/LiteRT runtime for verification and benchmarks.
+        "ai-edge-litert>=2.0",
+    ],
+    extras_require={
+        # Reading the official PyTorch checkpoints. 2.13.0 is the CPU build.
+        "torch": ["torch==2.13.0"],
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3",
+            "pillow",
+            "torch==2.13.0",
+        ],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Framework :: Keras",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
