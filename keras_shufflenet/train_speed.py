@@ -1,0 +1,97 @@
+"""Training throughput on the host CPU/GPU: ShuffleNet's pointwise group
+conv lowerings against keras.applications peers, measured interleaved."""
+
+import numpy as np
+
+import keras
+
+from keras_shufflenet.shufflenet import ShuffleNet
+from keras_shufflenet.timing import interleaved
+from keras_shufflenet.timing import summarize
+
+PEERS = {
+    "mobilenetv2_0.5": lambda shape: keras.applications.MobileNetV2(
+        alpha=0.5, weights=None, input_shape=shape
+    ),
+    "mobilenet_0.5": lambda shape: keras.applications.MobileNet(
+        alpha=0.5, weights=None, input_shape=shape
+    ),
+}
+
+
+def build(name, input_shape=(224, 224, 3)):
+    """Builds a benchmark model by name.
+
+    Args:
+        name: `"shufflenet_<scale>x_g<groups>_<implementation>"` (for
+            example `shufflenet_1.0x_g3_split`) or a key of `PEERS`.
+        input_shape: Input shape. Defaults to (224, 224, 3).
+
+    Returns:
+        An uncompiled `keras.Model` with 1000 classes.
+    """
+    if name in PEERS:
+        return PEERS[name](input_shape)
+    try:
+        _, scale, groups, implementation = name.split("_")
+        scale = float(scale.rstrip("x"))
+        groups = int(groups.lstrip("g"))
+    except ValueError:
+        raise ValueError(
+            "A model name is 'shufflenet_<scale>x_g<groups>_<implementation>' "
+            f"or one of {sorted(PEERS)}. Received: {name!r}"
+        ) from None
+    return ShuffleNet(
+        scale, groups, input_shape=input_shape,
+        group_conv_implementation=implementation,
+    )
+
+
+def training_throughput(
+    names, batch_size=32, image_size=224, rounds=5, steps=2, warmup=2,
+    jit_compile=False, progress=None,
+):
+    """Measures training images/s of several models, interleaved.
+
+    Each model gets SGD with momentum and sparse cross-entropy on random
+    images, compiled once; a sample is `steps` `train_on_batch` calls.
+
+    Args:
+        names: Model names (see `build`).
+        batch_size: Images per step. Defaults to 32.
+        image_size: Square input size. Defaults to 224.
+        rounds: Interleaved rounds. Defaults to 5.
+        steps: Training steps per sample. Defaults to 2.
+        warmup: Untimed steps per model first (tracing). Defaults to 2.
+        jit_compile: Whether to compile the train step with XLA.
+        progress: Optional callable given `(round, name, seconds)`.
+
+    Returns:
+        A dict of name to `summarize` statistics of images/s, plus
+        `"flops"` where the model is counted.
+    """
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (batch_size, image_size, image_size, 3))
+    x = x.astype("float32")
+    y = rng.integers(0, 1000, batch_size)
+    steps_fns = {}
+    for name in names:
+        model = build(name, (image_size, image_size, 3))
+        model.compile(
+            keras.optimizers.SGD(0.01, momentum=0.9),
+            keras.losses.SparseCategoricalCrossentropy(),
+            jit_compile=jit_compile,
+        )
+
+        def run(model=model):
+            for _ in range(steps):
+                model.train_on_batch(x, y)
+
+        steps_fns[name] = run
+    times = interleaved(
+        steps_fns, rounds, warmup=max(1, warmup // steps), progress=progress
+    )
+    return {
+        name: summarize([batch_size * steps / t for t in samples])
+        for name, samples in times.items()
+    }
