@@ -1,8 +1,7 @@
-"""Converts the official PyTorch ShuffleNet v1 checkpoints (megvii-model/
-ShuffleNet-Series, the only published ImageNet weights) to Keras models.
+"""Converts the official PyTorch ShuffleNet v1 ImageNet checkpoints
+(megvii-model/ShuffleNet-Series) to Keras, mapping every tensor by name.
 
-Every tensor is mapped by name, shape-checked and used exactly once. PyTorch
-is needed only here, as the optional extra `keras_shufflenet[torch]`.
+PyTorch is needed only here, as the optional extra `keras_shufflenet[torch]`.
 """
 
 import collections.abc
@@ -77,6 +76,9 @@ def load_official_state_dict(path):
     holds names with the `"module."` prefix of `nn.DataParallel`, and bare
     state dicts with or without the prefix. Only tensors are unpickled
     (`weights_only=True`), never arbitrary objects.
+
+    Reference:
+        The release's checkpoint format (ShuffleNetV1/train.py).
 
     Args:
         path: Path of the checkpoint (`.pth.tar`, `.pth`, `.pt`).
@@ -326,6 +328,9 @@ def assign_official_weights(model, tensors, source="the checkpoint"):
     classifier when the model has no top). A classifier bias, which the
     official one lacks, is set to zero.
 
+    Reference:
+        Section 3.2 and Figure 2 (the unit whose tensors are mapped).
+
     Args:
         model: A `ShuffleNet(..., shuffle_order="official")`.
         tensors: `{name: array}` from `load_official_state_dict`.
@@ -467,6 +472,10 @@ def convert_official_checkpoint(path, scale, groups, output_dir=None):
     Files are named after the registry (`official_imagenet_1.0x_g3`), so
     that `ShuffleNet(1.0, 3, weights="official_imagenet_1.0x_g3")` finds
     them in the default `output_dir`. Both are written atomically.
+
+    Reference:
+        The release's results table (ShuffleNetV1/README.md) names the
+        eight configurations the registry holds.
 
     Args:
         path: The official checkpoint.

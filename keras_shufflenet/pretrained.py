@@ -1,15 +1,16 @@
-"""Registry of pretrained ShuffleNet v1 weights: where each set comes from,
-its reported accuracy and preprocessing, and where its converted file lives.
+"""Registry of pretrained ShuffleNet v1 weights: source, sha256, reported
+accuracy, preprocessing, and where the converted file lives locally.
 
-Nothing is downloaded at run time: a user downloads the official PyTorch
-checkpoint once and converts it with `tools/convert_official.py`, which
-writes `<name>.weights.h5` to `weights_dir()`; then
-`ShuffleNet(scale, groups, weights=<name>)` loads it.
+Nothing is downloaded at run time: `tools/convert_official.py` converts a
+downloaded official checkpoint into `weights_dir()`, where
+`ShuffleNet(scale, groups, weights=<name>)` finds it.
 """
 
 import dataclasses
 import os
 import types
+
+from keras_shufflenet.complexity import OFFICIAL_COMPLEXITY
 
 OFFICIAL_REPOSITORY = "https://github.com/megvii-model/ShuffleNet-Series"
 # The release's README links one shared OneDrive folder (and a BaiduYun
@@ -64,8 +65,8 @@ class PretrainedWeights:
     sha256: str | None
     top1_error: float
     top5_error: float
-    flops: float
-    params: float
+    flops: int
+    params: int
     preprocessing: str
     model_kwargs: types.MappingProxyType
 
@@ -90,7 +91,8 @@ def official_name(scale, groups):
     return f"official_imagenet_{float(scale):.1f}x_g{groups}"
 
 
-def _official(scale, groups, top1_error, top5_error, flops, params):
+def _official(scale, groups, top1_error, top5_error):
+    mflops, mparams = OFFICIAL_COMPLEXITY[(scale, groups)]
     return PretrainedWeights(
         name=official_name(scale, groups),
         scale=scale,
@@ -102,24 +104,25 @@ def _official(scale, groups, top1_error, top5_error, flops, params):
         sha256=None,  # Filled once known (tools/convert_official.py prints it).
         top1_error=top1_error,
         top5_error=top5_error,
-        flops=flops,
-        params=params,
+        flops=mflops * 1_000_000,
+        params=round(mparams * 1_000_000),
         preprocessing=OFFICIAL_PREPROCESSING,
         model_kwargs=OFFICIAL_MODEL_KWARGS,
     )
 
 
 # The release's results table (ShuffleNetV1/README.md): top-1 and top-5
-# error (%), multiply-adds and parameters.
+# error (%) on ImageNet val; its FLOPs and parameters are in
+# `complexity.OFFICIAL_COMPLEXITY`.
 _ENTRIES = (
-    _official(0.5, 3, 42.7, 20.0, 38e6, 0.7e6),
-    _official(1.0, 3, 32.2, 12.3, 138e6, 1.9e6),
-    _official(1.5, 3, 28.4, 9.8, 292e6, 3.4e6),
-    _official(2.0, 3, 25.9, 8.6, 524e6, 5.4e6),
-    _official(0.5, 8, 41.2, 19.0, 40e6, 1.0e6),
-    _official(1.0, 8, 32.0, 13.6, 138e6, 2.4e6),
-    _official(1.5, 8, 29.0, 10.4, 290e6, 4.3e6),
-    _official(2.0, 8, 27.1, 9.2, 522e6, 6.5e6),
+    _official(0.5, 3, 42.7, 20.0),
+    _official(1.0, 3, 32.2, 12.3),
+    _official(1.5, 3, 28.4, 9.8),
+    _official(2.0, 3, 25.9, 8.6),
+    _official(0.5, 8, 41.2, 19.0),
+    _official(1.0, 8, 32.0, 13.6),
+    _official(1.5, 8, 29.0, 10.4),
+    _official(2.0, 8, 27.1, 9.2),
 )
 REGISTRY = types.MappingProxyType({entry.name: entry for entry in _ENTRIES})
 

@@ -1,13 +1,13 @@
-"""Converts an official ShuffleNet v1 PyTorch checkpoint (megvii-model/
+r"""Converts an official ShuffleNet v1 PyTorch checkpoint (megvii-model/
 ShuffleNet-Series) to Keras `.keras` and `.weights.h5` files.
 
 Needs `pip install 'keras_shufflenet[torch]'`. With the default output
-directory, `ShuffleNet(scale, groups, weights="official_imagenet_<scale>x_
-g<groups>")` then finds the weights.
+directory, `ShuffleNet(1.0, 3, weights="official_imagenet_1.0x_g3")` then
+finds the weights.
 
 Example:
-    python tools/convert_official.py --checkpoint=1.0x.pth.tar \
-        --scale=1.0 --groups=3
+    python tools/convert_official.py --checkpoint=1.0x.pth.tar --scale=1.0 \
+        --groups=3
 """
 
 import os
