@@ -1,11 +1,13 @@
 """keras_shufflenet: ShuffleNet v1 (Zhang et al., 2017) for Keras 3."""
 
+from keras_shufflenet import pretrained
 from keras_shufflenet.complexity import complexity
 from keras_shufflenet.complexity import layer_flops
 from keras_shufflenet.layers import ChannelShuffle
 from keras_shufflenet.layers import PointwiseGroupConv2D
 from keras_shufflenet.layers import set_group_conv_implementation
 from keras_shufflenet.layers import shuffle_permutation
+from keras_shufflenet.official import from_official_checkpoint
 from keras_shufflenet.shufflenet import OFFICIAL_WIDTHS
 from keras_shufflenet.shufflenet import ShuffleNet
 from keras_shufflenet.shufflenet import feature_extractor
