@@ -509,3 +509,16 @@ def test_tfds_unprepared_or_unknown_dataset_raises_before_training(tmp_path):
     config.name = "no_such_dataset_xyz"
     with pytest.raises(ValueError, match="name='no_such_dataset_xyz'"):
         data.InputPipeline(config)
+
+
+def test_skip_bad_images_false_fails_loudly_on_a_corrupt_file(tmp_path):
+    fx.write_folder(tmp_path, {"a": 2})
+    with open(tmp_path / "a" / "garbage.jpg", "wb") as f:
+        f.write(fx.GARBAGE)
+    config = _folder_config(str(tmp_path), skip_bad_images=False)
+    pipeline = data.InputPipeline(config)
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        list(pipeline.dataset(False, 2))
+    config.skip_bad_images = True
+    images, _, _ = _collect_eval(data.InputPipeline(config).dataset(False, 2))
+    assert len(images) == 2
