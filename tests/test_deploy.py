@@ -1,0 +1,176 @@
+"""Tests of the deployment-graph rewrites: each computes the same function,
+and the converted graph has the ops the rewrites promise."""
+
+import collections
+
+import numpy as np
+import pytest
+
+import keras
+import keras_shufflenet as ks
+from keras_shufflenet import deploy
+from keras_shufflenet import export
+
+SIZE = 32
+
+
+def randomized(model, seed=1):
+    """Random BN statistics and affine terms, so folding errors show."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, variance = layer.get_weights()
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, gamma.shape),
+                    rng.normal(0.0, 0.2, beta.shape),
+                    rng.normal(0.0, 0.2, mean.shape),
+                    rng.uniform(0.5, 1.5, variance.shape),
+                ]
+            )
+    return model
+
+
+def tiny(**kwargs):
+    kwargs.setdefault("input_shape", (SIZE, SIZE, 3))
+    kwargs.setdefault("classes", 10)
+    kwargs.setdefault("classifier_activation", None)
+    scale = kwargs.pop("scale", 0.25)
+    groups = kwargs.pop("groups", 3)
+    return randomized(ks.ShuffleNet(scale, groups, **kwargs))
+
+
+def images(n=2, size=SIZE, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, 255, (n, size, size, 3)).astype("float32")
+
+
+def max_abs_diff(a, b, x):
+    return float(np.max(np.abs(np.asarray(a(x)) - np.asarray(b(x)))))
+
+
+def test_each_rewrite_alone_and_all_together_compute_the_same_logits():
+    model = tiny()
+    x = images()
+    assert np.max(np.abs(model(x))) > 0.5  # The comparison is not vacuous.
+    for rewrite in deploy.REWRITES:
+        deployed = deploy.deployment_model(model, rewrites=(rewrite,))
+        assert max_abs_diff(model, deployed, x) < 5e-6, rewrite
+    deployed = deploy.deployment_model(model)
+    assert max_abs_diff(model, deployed, x) < 5e-6
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"groups": 8, "shuffle_order": "official"},
+        {"groups": 2, "se": True, "include_top": False},
+        {"groups": 1},
+    ],
+    ids=["g8-official-order", "g2-se-features", "g1"],
+)
+def test_deployment_model_computes_the_same_function_for_variants(kwargs):
+    model = tiny(**kwargs)
+    deployed = deploy.deployment_model(model)
+    x = images(size=SIZE)
+    assert max_abs_diff(model, deployed, x) < 5e-6
+
+
+def test_every_group_conv_lowering_computes_the_same_function():
+    model = tiny()
+    x = images()
+    for implementation in ("split", "dense"):
+        deployed = deploy.deployment_model(
+            model, group_conv_implementation=implementation
+        )
+        layers = [
+            layer for layer in deployed.layers
+            if isinstance(layer, ks.PointwiseGroupConv2D)
+        ]
+        assert layers and all(
+            layer.implementation == implementation for layer in layers
+        )
+        assert max_abs_diff(model, deployed, x) < 5e-6, implementation
+
+
+def test_keras_applications_model_keeps_its_function():
+    model = keras.applications.MobileNetV3Small(
+        input_shape=(SIZE, SIZE, 3), weights=None, classes=10,
+        classifier_activation=None, minimalistic=True,
+    )
+    randomized(model)
+    deployed = deploy.deployment_model(model)
+    assert max_abs_diff(model, deployed, images()) < 5e-6
+
+
+def test_average_pool_becomes_a_depthwise_conv_of_one_ninth():
+    deployed = deploy.deployment_model(tiny())
+    assert not any(
+        isinstance(layer, keras.layers.AveragePooling2D)
+        for layer in deployed.layers
+    )
+    for stage in (2, 3, 4):
+        pool = deployed.get_layer(f"stage{stage}_unit1_shortcut_pool")
+        assert isinstance(pool, keras.layers.DepthwiseConv2D)
+        assert tuple(pool.strides) == (2, 2)
+        (kernel,) = pool.get_weights()
+        assert kernel.shape[:2] == (3, 3)
+        np.testing.assert_allclose(kernel, 1.0 / 9.0, rtol=1e-7)
+
+
+def test_normalization_becomes_rescaling_tiled_over_width():
+    deployed = deploy.deployment_model(tiny())
+    layer = deployed.get_layer("preprocessing")
+    assert isinstance(layer, keras.layers.Rescaling)
+    scale = np.asarray(layer.scale)
+    offset = np.asarray(layer.offset)
+    assert scale.shape == offset.shape == (SIZE, 3)
+    std = 255.0 * np.array(ks.shufflenet.IMAGENET_STD)
+    mean = 255.0 * np.array(ks.shufflenet.IMAGENET_MEAN)
+    np.testing.assert_allclose(scale[5], 1.0 / std, rtol=1e-6)
+    np.testing.assert_allclose(offset[7], -mean / std, rtol=1e-6)
+
+
+def test_dynamic_width_keeps_the_normalization():
+    model = tiny(input_shape=(None, None, 3))
+    deployed = deploy.deployment_model(model)
+    assert isinstance(
+        deployed.get_layer("preprocessing"), keras.layers.Normalization
+    )
+    x = images(size=48)
+    assert max_abs_diff(model, deployed, x) < 5e-6
+
+
+def test_shuffle_moves_after_the_stride_2_depthwise_conv_only():
+    deployed = deploy.deployment_model(tiny())
+    for stage in (2, 3, 4):
+        unit1 = f"stage{stage}_unit1"
+        shuffle = deployed.get_layer(f"{unit1}_shuffle")
+        norm = deployed.get_layer(f"{unit1}_dwconv_bn")
+        assert shuffle.input is norm.output
+        conv = deployed.get_layer(f"{unit1}_gconv2")
+        assert conv.input is shuffle.output
+        unit2 = f"stage{stage}_unit2"
+        shuffle = deployed.get_layer(f"{unit2}_shuffle")
+        relu = deployed.get_layer(f"{unit2}_gconv1_relu")
+        assert shuffle.input is relu.output
+
+
+def test_bad_rewrite_name_is_refused():
+    with pytest.raises(ValueError, match="Received unknown rewrites"):
+        deploy.deployment_model(tiny(), rewrites=("fold_everything",))
+
+
+def test_converted_float32_graph_has_no_pool_sub_or_standalone_relu():
+    tflite = export.convert(tiny(classifier_activation="softmax"))
+    ops = collections.Counter(export.op_list(tflite))
+    # The shortcut pools are depthwise convs; the branch ReLU and every
+    # batch norm fold into convolutions; the normalisation is one MUL+ADD.
+    assert "AVERAGE_POOL_2D" not in ops
+    assert "RELU" not in ops and "SUB" not in ops
+    assert ops["DEPTHWISE_CONV_2D"] == 16 + 3
+    assert ops["TRANSPOSE"] == 16
+    assert ops["CONV_2D"] == 1 + 2 * 16
+    report = export.model_report(tflite)
+    assert report["max_tensor_rank"] == 4
+    assert report["xnnpack"]["pieces"] == 1
