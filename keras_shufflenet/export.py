@@ -126,7 +126,20 @@ def logits_model(model):
     return model
 
 
-def _fixed_image_size(model, image_size):
+def input_size(model, image_size=None):
+    """Returns the `(height, width)` a model is exported at.
+
+    Args:
+        model: A Keras model with one `(batch, height, width, 3)` input.
+        image_size: Requested side or `(height, width)`. Defaults to the
+            model's static input size.
+
+    Returns:
+        `(height, width)`.
+
+    Raises:
+        ValueError: No size is known, or it contradicts the model's.
+    """
     shape = model.input_shape
     if isinstance(shape, list):
         raise ValueError(
@@ -182,7 +195,7 @@ def export_saved_model(model, path, image_size=None):
     Returns:
         `(height, width)` of the exported input.
     """
-    size = _fixed_image_size(model, image_size)
+    size = input_size(model, image_size)
     deployed = deploy.deployment_model(model)
     spec = tf.TensorSpec((1,) + size + (3,), tf.float32, name=INPUT_NAME)
     deployed.export(
@@ -703,7 +716,10 @@ def quantize_with_ai_edge_quantizer(
             {input_name: image[np.newaxis].astype(np.float32)}
             for image in images
         ]
-        calibration = quantizer.calibrate({SIGNATURE_KEY: samples})
+        with warnings.catch_warnings():
+            # It keeps every tensor to record ranges, and warns it does.
+            warnings.simplefilter("ignore", UserWarning)
+            calibration = quantizer.calibrate({SIGNATURE_KEY: samples})
     result = quantizer.quantize(calibration, enable_progress_report=False)
     tflite = bytes(result.quantized_model)
     check_builtin_ops(tflite)
@@ -870,16 +886,24 @@ def xnnpack_coverage(tflite, num_threads=1):
     }
 
 
-def _io_details(details):
+def _io_details(model, tensor_indices):
+    """Name, shape, dtype and per-tensor quantization of I/O tensors."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    subgraph = model.subgraphs[0]
     out = []
-    for d in details:
-        scales = d["quantization_parameters"]["scales"]
-        zero_points = d["quantization_parameters"]["zero_points"]
+    for index in tensor_indices:
+        tensor = subgraph.tensors[index]
+        q = tensor.quantization
+        scales = [] if q is None or q.scale is None else list(q.scale)
+        zero_points = (
+            [] if q is None or q.zeroPoint is None else list(q.zeroPoint)
+        )
         out.append(
             {
-                "name": d["name"],
-                "shape": [int(s) for s in d["shape"]],
-                "dtype": np.dtype(d["dtype"]).name,
+                "name": tensor.name.decode(),
+                "shape": [int(d) for d in tensor.shape],
+                "dtype": flatbuffer_utils.type_to_name(tensor.type).lower(),
                 "scale": float(scales[0]) if len(scales) == 1 else None,
                 "zero_point": (
                     int(zero_points[0]) if len(zero_points) == 1 else None
@@ -916,21 +940,24 @@ def model_report(tflite, num_threads=1):
         for subgraph in model.subgraphs
         for tensor in subgraph.tensors
     )
-    interpreter = _interpreter(tflite, delegate=False)
     custom = sorted(
         {c.customCode.decode("ascii") for c in model.operatorCodes
          if c.customCode}
     )
+    # A model the interpreter cannot load (Flex ops) still gets a report.
+    xnnpack = None
+    if not custom:
+        xnnpack = xnnpack_coverage(tflite, num_threads=num_threads)
     return {
         "size_bytes": len(tflite),
         "num_ops": len(ops),
         "ops": dict(sorted(collections.Counter(ops).items())),
         "flex_ops": custom,
-        "xnnpack": xnnpack_coverage(tflite, num_threads=num_threads),
+        "xnnpack": xnnpack,
         "max_tensor_rank": max(ranks) if ranks else 0,
         "tensor_ranks": {str(k): v for k, v in sorted(ranks.items())},
-        "inputs": _io_details(interpreter.get_input_details()),
-        "outputs": _io_details(interpreter.get_output_details()),
+        "inputs": _io_details(model, model.subgraphs[0].inputs),
+        "outputs": _io_details(model, model.subgraphs[0].outputs),
     }
 
 
@@ -958,11 +985,16 @@ def format_report(report, title=None):
         f"  ops             {report['num_ops']}",
     ]
     lines += [f"    {name:<24}{n:>5}" for name, n in report["ops"].items()]
-    left = ", ".join(f"{k} x{v}" for k, v in x["ops_left_out"].items())
+    if x is None:
+        lines.append("  XNNPACK         not loadable (custom ops)")
+    else:
+        left = ", ".join(f"{k} x{v}" for k, v in x["ops_left_out"].items())
+        lines += [
+            f"  XNNPACK pieces  {x['pieces']} ({x['partitions']} delegated "
+            f"partitions, {x['delegated_ops']}/{x['total_ops']} ops)",
+            f"  left out        {left or 'none'}",
+        ]
     lines += [
-        f"  XNNPACK pieces  {x['pieces']} ({x['partitions']} delegated "
-        f"partitions, {x['delegated_ops']}/{x['total_ops']} ops)",
-        f"  left out        {left or 'none'}",
         f"  max tensor rank {report['max_tensor_rank']}",
         f"  flex/custom ops {', '.join(report['flex_ops']) or 'none'}",
     ]
@@ -1170,6 +1202,39 @@ def evaluate_tflite(
             "tflite_top1": float(np.mean(outputs.argmax(-1) == labels)),
         }
     return compare_outputs(np.concatenate(keras_out), outputs, labels)
+
+
+def format_evaluation(results):
+    """Renders `evaluate_tflite` results as plain text.
+
+    Args:
+        results: A dict from `evaluate_tflite`.
+
+    Returns:
+        A multi-line string.
+    """
+    lines = [f"  examples         {results['num_examples']}"]
+    lines.append(f"  TFLite top-1     {100 * results['tflite_top1']:.2f}%")
+    if "keras_top1" in results:
+        lines += [
+            f"  Keras top-1      {100 * results['keras_top1']:.2f}%",
+            f"  top-1 agreement  {100 * results['top1_agreement']:.2f}%",
+            f"  max |diff|       {results['max_abs_diff']:.3g}",
+            f"  max rel. diff    {results['max_rel_diff']:.3g}",
+        ]
+    return "\n".join(lines)
+
+
+def write_report(report, path):
+    """Writes a report dict as JSON, atomically.
+
+    Args:
+        report: A JSON-serialisable dict, e.g. from `model_report`.
+        path: Destination file.
+    """
+    import json
+
+    _write_atomic(path, (json.dumps(report, indent=2) + "\n").encode())
 
 
 def _write_atomic(path, content):

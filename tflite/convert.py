@@ -1,0 +1,203 @@
+"""Converts a ShuffleNet to a batch-1, builtin-ops-only TFLite model.
+
+    # float32 from a trained .keras model (fixed 48x48 input of the model):
+    python tflite/convert.py --model=runs/quickstart_digits/export/m.keras \
+        --output=/tmp/m_f32.tflite
+    # full-integer int8, int8 camera-frame input, calibrated on 300 centre
+    # crops of the evaluation split:
+    python tflite/convert.py --model=... --output=/tmp/m_int8.tflite \
+        --mode=int8 --input_type=int8 --data_source=digits
+    # ShuffleNet 1x g3 from arguments (random weights or --weights=...):
+    python tflite/convert.py --scale=1 --groups=3 --image_size=224 \
+        --output=/tmp/s1.tflite --mode=float16
+
+A JSON report (size, op counts, XNNPACK coverage, tensor ranks) is written
+next to the model and printed as a table.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+# Runnable from a source checkout without installing the package.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from keras_shufflenet import data  # noqa: E402
+from keras_shufflenet import export  # noqa: E402
+
+_MODEL = flags.DEFINE_string("model", None, "A .keras model to convert.")
+_WEIGHTS = flags.DEFINE_string(
+    "weights", None,
+    "Weights (.weights.h5/.keras) for the ShuffleNet built from --scale, "
+    "--groups, ...; without --model.",
+)
+_SCALE = flags.DEFINE_float("scale", 1.0, "ShuffleNet width multiplier.")
+_GROUPS = flags.DEFINE_integer("groups", 3, "Pointwise conv groups.")
+_SE = flags.DEFINE_bool("se", False, "Squeeze-and-excitation units.")
+_SHALLOW = flags.DEFINE_bool("shallow", False, "Half-depth stages.")
+_CLASSES = flags.DEFINE_integer("classes", 1000, "Classifier classes.")
+_SHUFFLE_ORDER = flags.DEFINE_enum(
+    "shuffle_order", "paper", ["paper", "official"],
+    "Channel shuffle order of the built ShuffleNet.",
+)
+_IMAGE_SIZE = flags.DEFINE_integer(
+    "image_size", None,
+    "Input side. Defaults to the model's fixed input size, or 224.",
+)
+_OUTPUT = flags.DEFINE_string("output", None, "The .tflite to write.")
+_MODE = flags.DEFINE_enum("mode", "float32", export.MODES, "Conversion mode.")
+_INPUT_TYPE = flags.DEFINE_enum(
+    "input_type", "float32", export.INPUT_TYPES,
+    "int8 mode: input tensor type (int8/uint8 take pixel frames directly).",
+)
+_OUTPUT_TYPE = flags.DEFINE_enum(
+    "output_type", "float32", export.OUTPUT_TYPES,
+    "int8 mode: output tensor type.",
+)
+_QUANTIZER = flags.DEFINE_enum(
+    "quantizer", "converter", ["converter", "ai_edge_quantizer"],
+    "int8 mode: the TFLite converter's quantization, or the LiteRT AI Edge "
+    "Quantizer (static_wi8_ai8 on the float32 model; float I/O).",
+)
+_PER_CHANNEL = flags.DEFINE_bool(
+    "per_channel", True, "int8 mode: per-channel weight scales."
+)
+_FLOAT_LAYERS = flags.DEFINE_list(
+    "float_layers", [],
+    "int8 mode: keep these in float: 'first' (preprocessing and stem "
+    "conv), 'last' (classifier) or Keras layer names.",
+)
+_DEBUG_CSV = flags.DEFINE_string(
+    "debug_csv", None,
+    "int8 mode: write per-layer quantization error (RMSE, scale, "
+    "RMSE/scale) from the QuantizationDebugger to this CSV.",
+)
+_LOGITS = flags.DEFINE_bool(
+    "logits", False, "Drop the final softmax; the model outputs logits."
+)
+_NUM_CALIBRATION_IMAGES = flags.DEFINE_integer(
+    "num_calibration_images", export.DEFAULT_NUM_CALIBRATION_IMAGES,
+    "int8 mode: evaluation images used to calibrate.",
+)
+_DATA_SOURCE = flags.DEFINE_enum(
+    "data_source", None, data.SOURCES,
+    "int8 mode: calibration data source (its evaluation split).",
+)
+_DATA_NAME = flags.DEFINE_string("data_name", None, "TFDS dataset name.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
+_EVAL_SPLIT = flags.DEFINE_string("eval_split", "validation", "TFDS split.")
+_EVAL_PATH = flags.DEFINE_string(
+    "eval_path", None, "Folder of class folders, or TFRecord files."
+)
+_NUM_CLASSES = flags.DEFINE_integer(
+    "num_classes", None, "Classes of a TFRecord source."
+)
+_CROP_FRACTION = flags.DEFINE_float(
+    "crop_fraction", data.DEFAULT_CROP_FRACTION,
+    "Evaluation centre crop side over the shorter image side.",
+)
+_REPORT = flags.DEFINE_string(
+    "report", None, "Report JSON path. Defaults to <output>.json."
+)
+flags.mark_flag_as_required("output")
+
+
+def _calibration_images(image_size):
+    if _DATA_SOURCE.value is None:
+        raise app.UsageError(
+            "--mode=int8 needs --data_source (and its --data_* flags) to "
+            "calibrate on evaluation images."
+        )
+    config = data.InputConfig(
+        source=_DATA_SOURCE.value,
+        name=_DATA_NAME.value,
+        data_dir=_DATA_DIR.value,
+        eval_split=_EVAL_SPLIT.value,
+        eval_path=_EVAL_PATH.value,
+        num_classes=_NUM_CLASSES.value,
+        image_size=image_size,
+        crop_fraction=_CROP_FRACTION.value,
+    )
+    images = export.calibration_images(config, _NUM_CALIBRATION_IMAGES.value)
+    logging.info("Calibrating on %d evaluation images.", len(images))
+    return images
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if _MODEL.value:
+        model = export.load_model(_MODEL.value)
+    else:
+        model = export.load_model(
+            weights=_WEIGHTS.value,
+            image_size=_IMAGE_SIZE.value or 224,
+            scale=_SCALE.value,
+            groups=_GROUPS.value,
+            se=_SE.value,
+            shallow=_SHALLOW.value,
+            classes=_CLASSES.value,
+            shuffle_order=_SHUFFLE_ORDER.value,
+        )
+    size = export.input_size(model, _IMAGE_SIZE.value)
+    if size[0] != size[1]:
+        raise app.UsageError(f"Square inputs only. Received: {size}")
+    quantized = _MODE.value == "int8"
+    images = _calibration_images(size[0]) if quantized else None
+    settings = {
+        "mode": _MODE.value,
+        "image_size": size[0],
+        "logits": _LOGITS.value,
+    }
+    if quantized and _QUANTIZER.value == "ai_edge_quantizer":
+        float_model = export.convert(
+            model, mode="float32", image_size=size, logits=_LOGITS.value
+        )
+        tflite = export.quantize_with_ai_edge_quantizer(
+            float_model,
+            images,
+            _OUTPUT.value,
+            num_calibration_images=_NUM_CALIBRATION_IMAGES.value,
+        )
+        settings.update(quantizer="ai_edge_quantizer:static_wi8_ai8")
+    else:
+        tflite = export.convert(
+            model,
+            _OUTPUT.value,
+            mode=_MODE.value,
+            image_size=size,
+            calibration_data=images,
+            num_calibration_images=_NUM_CALIBRATION_IMAGES.value,
+            input_type=_INPUT_TYPE.value,
+            output_type=_OUTPUT_TYPE.value,
+            per_channel=_PER_CHANNEL.value,
+            float_layers=_FLOAT_LAYERS.value,
+            debug_csv=_DEBUG_CSV.value,
+            logits=_LOGITS.value,
+        )
+        if quantized:
+            settings.update(
+                quantizer="converter",
+                input_type=_INPUT_TYPE.value,
+                output_type=_OUTPUT_TYPE.value,
+                per_channel=_PER_CHANNEL.value,
+                float_layers=_FLOAT_LAYERS.value,
+            )
+    if quantized:
+        settings["num_calibration_images"] = len(images)
+    report = export.model_report(tflite)
+    report = {"model": model.name, "tflite": _OUTPUT.value,
+              "settings": settings, **report}
+    report_path = _REPORT.value or _OUTPUT.value + ".json"
+    export.write_report(report, report_path)
+    print(export.format_report(report, f"{_OUTPUT.value} ({model.name})"))
+    print(f"Report: {report_path}")
+    if _DEBUG_CSV.value:
+        print(f"Per-layer quantization error: {_DEBUG_CSV.value}")
+
+
+if __name__ == "__main__":
+    app.run(main)
