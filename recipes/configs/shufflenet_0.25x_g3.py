@@ -1,0 +1,8 @@
+# ShuffleNet 0.25x (g=3), ImageNet. Paper Table 2: 55.0% top-1 error.
+"""13 MFLOPs; the paper's ImageNet recipe (section 4)."""
+
+from keras_shufflenet import training
+
+
+def get_config():
+    return training.paper_config(0.25, 3, paper_top1_error=55.0)

@@ -1,0 +1,8 @@
+# ShuffleNet 0.25x (g=8), ImageNet. Paper Table 2: 52.7% top-1 error.
+"""13 MFLOPs; the paper's ImageNet recipe (section 4)."""
+
+from keras_shufflenet import training
+
+
+def get_config():
+    return training.paper_config(0.25, 8, paper_top1_error=52.7)

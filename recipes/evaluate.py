@@ -1,0 +1,52 @@
+"""Reports single-crop top-1/top-5 accuracy of a saved ShuffleNet.
+
+    python recipes/evaluate.py --model_path=runs/quickstart_digits/export/\
+shufflenet_0.50x_g3.keras
+    python recipes/evaluate.py --recipe=shufflenet_1.0x_g3 \
+        --model_path=model.weights.h5 --data.data_dir=~/tensorflow_datasets
+
+The recipe supplies the data (and, for a .weights.h5 file, the
+architecture); every config field can be overridden as in train.py, e.g.
+`--data.source=folder --data.eval_path=val/`.
+"""
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from keras_shufflenet import training  # noqa: E402
+
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+flags.DEFINE_string(
+    "model_path", None, "A .keras model or a .weights.h5 file.", required=True
+)
+flags.DEFINE_string(
+    "output_json", None, "Optional file to write the metrics to as JSON."
+)
+training.define_config_flags(default_recipe="quickstart_digits")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    config = training.config_from_flags(CONFIGS_DIR)
+    metrics = training.evaluate_model(FLAGS.model_path, config)
+    print(
+        f"{FLAGS.model_path}: top-1 accuracy {metrics['top1']:.2%} (error "
+        f"{1 - metrics['top1']:.2%}), top-5 accuracy {metrics['top5']:.2%} "
+        f"on {metrics['examples']} examples (single crop); "
+        f"{metrics['bad_images']} undecodable images skipped."
+    )
+    if FLAGS.output_json:
+        with open(FLAGS.output_json, "w") as f:
+            json.dump(metrics, f, indent=2)
+
+
+if __name__ == "__main__":
+    app.run(main)
