@@ -42,6 +42,10 @@ def deployment_model(
     `group_conv_implementation`: `"grouped"` (one native grouped CONV_2D,
     the fastest on XNNPACK), `"split"` or `"dense"`.
 
+    A model this function returned is returned as it is, so a custom
+    lowering survives export: `export.convert(deployment_model(m,
+    rewrites=()))` converts the straightforward graph.
+
     Reference:
         Zhang et al., "ShuffleNet", section 3.2 and Figure 2 (the unit),
         section 4.5 (actual speed on mobile devices).
@@ -56,8 +60,11 @@ def deployment_model(
             to all of them.
 
     Returns:
-        A new functional `keras.Model` with copied weights.
+        A new functional `keras.Model` with copied weights; its
+        `deployment_options` attribute records the arguments.
     """
+    if getattr(model, "deployment_options", None) is not None:
+        return model
     rewrites = tuple(rewrites)
     unknown = sorted(set(rewrites) - set(REWRITES))
     if unknown:
@@ -84,6 +91,10 @@ def deployment_model(
         call_function=rewriter.call,
     )
     set_group_conv_implementation(clone, group_conv_implementation)
+    clone.deployment_options = {
+        "group_conv_implementation": group_conv_implementation,
+        "rewrites": rewrites,
+    }
     return clone
 
 

@@ -156,6 +156,13 @@ def test_shuffle_moves_after_the_stride_2_depthwise_conv_only():
         assert shuffle.input is relu.output
 
 
+def test_a_deployment_model_is_not_rewritten_again():
+    model = tiny()
+    plain = deploy.deployment_model(model, rewrites=())
+    assert plain.deployment_options["rewrites"] == ()
+    assert deploy.deployment_model(plain) is plain
+
+
 def test_bad_rewrite_name_is_refused():
     with pytest.raises(ValueError, match="Received unknown rewrites"):
         deploy.deployment_model(tiny(), rewrites=("fold_everything",))
