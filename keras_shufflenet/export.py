@@ -4,6 +4,7 @@ verification of a converted model against its Keras source."""
 
 import collections
 import csv
+import dataclasses
 import io
 import math
 import os
@@ -16,7 +17,7 @@ import tensorflow as tf
 
 from keras_shufflenet import deploy
 
-MODES = ("float32", "float16", "dynamic", "int8")
+MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
 INPUT_TYPES = ("float32", "int8", "uint8")
 OUTPUT_TYPES = ("float32", "int8")
 DEFAULT_NUM_CALIBRATION_IMAGES = 300
@@ -212,22 +213,32 @@ def export_saved_model(model, path, image_size=None):
 # ---------------------------------------------------------------------------
 
 
-def calibration_images(config, num_images=DEFAULT_NUM_CALIBRATION_IMAGES):
-    """Returns evaluation-style images to calibrate int8 quantization.
+def calibration_images(
+    config, num_images=DEFAULT_NUM_CALIBRATION_IMAGES, split="train"
+):
+    """Returns centre-cropped images to calibrate int8 quantization.
 
     The images go through the evaluation pipeline of
     `keras_shufflenet.data` (shorter side resized to `size / crop_fraction`,
     centre crop), never the training augmentation, so activation ranges
-    are measured on the inputs the deployed model sees.
+    are measured on the inputs the deployed model sees. By default they
+    come from the training data, which keeps the evaluation split
+    untouched for measuring the quantized model.
+
+    The split is read in order, so the first `num_images` should be a
+    sample across classes: TFDS and TFRecord ImageNet shards are
+    shuffled, but a class-folder tree lists its files class by class
+    (point `train_path` at a sampled folder, or use TFDS).
 
     Reference:
         Zhang et al., ShuffleNet, section 4 (single centre-crop
         evaluation).
 
     Args:
-        config: A `keras_shufflenet.data.InputConfig`; its evaluation split
-            is read.
+        config: A `keras_shufflenet.data.InputConfig`.
         num_images: Number of images. Defaults to 300.
+        split: "train" (the training data: `train_split`/`train_path`, or
+            the digits training split) or "eval". Defaults to "train".
 
     Returns:
         uint8 array `[n, size, size, 3]` with `n = min(num_images, split
@@ -240,6 +251,26 @@ def calibration_images(config, num_images=DEFAULT_NUM_CALIBRATION_IMAGES):
             "`num_images` must be a positive int. "
             f"Received: num_images={num_images!r}"
         )
+    _check_choice(split, ("train", "eval"), "split")
+    if split == "train":
+        if config.source == "digits":
+            (images, _), _ = data.load_digits_arrays(config.image_size)
+            return images[:num_images]
+        if config.source == "tfds":
+            config = dataclasses.replace(
+                config, eval_split=config.train_split,
+                num_eval_examples=config.num_train_examples,
+            )
+        else:
+            if not config.train_path:
+                raise ValueError(
+                    "Calibrating on training images needs `train_path` for "
+                    f"source={config.source!r}; set it, or use split='eval'."
+                )
+            config = dataclasses.replace(
+                config, eval_path=config.train_path, train_path=None,
+                num_eval_examples=config.num_train_examples,
+            )
     pipeline = data.InputPipeline(config)
     batches = []
     count = 0
@@ -250,7 +281,7 @@ def calibration_images(config, num_images=DEFAULT_NUM_CALIBRATION_IMAGES):
         if count >= num_images:
             break
     if count == 0:
-        raise ValueError("The evaluation split holds no images to calibrate.")
+        raise ValueError(f"The {split} split holds no images to calibrate.")
     return np.concatenate(batches)[:num_images]
 
 
@@ -362,6 +393,13 @@ def _converter(saved_model_dir, mode, images, input_type, output_type,
         ]
         converter.inference_input_type = _DTYPES[input_type]
         converter.inference_output_type = _DTYPES[output_type]
+    elif mode == "int16x8":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = _representative_dataset(images)
+        ops_set = tf.lite.OpsSet
+        converter.target_spec.supported_ops = [
+            ops_set.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8
+        ]
     if not per_channel:
         converter._experimental_disable_per_channel = True
     return converter
@@ -464,10 +502,10 @@ def _convert_saved_model(
             f"No SavedModel (saved_model.pb) in {saved_model_dir}"
         )
     images = None
-    if mode == "int8":
+    if mode in ("int8", "int16x8"):
         if calibration_data is None:
             raise ValueError(
-                "mode='int8' needs `calibration_data`: evaluation-style "
+                f"mode={mode!r} needs `calibration_data`: evaluation-style "
                 "images, e.g. from `calibration_images(config)`."
             )
         size = _saved_model_input_size(saved_model_dir)
@@ -493,7 +531,22 @@ def _convert_saved_model(
             what,
         )
         _write_layer_csv(debugger, debug_csv)
-    if float_layers:
+    tflite = None
+    if "auto" in float_layers:
+        plain = _run_converter(converter.convert, what)
+        auto = [
+            v["layer"] for v in xnnpack_scale_violations(plain) if v["layer"]
+        ]
+        float_layers = [n for n in float_layers if n != "auto"] + auto
+        if not float_layers:
+            tflite = plain
+        converter = _converter(
+            saved_model_dir, mode, images, input_type, output_type,
+            per_channel,
+        )
+    if tflite is None and not float_layers:
+        tflite = _run_converter(converter.convert, what)
+    elif tflite is None:
         # Float islands need the float kernels next to the int8 ones.
         converter.target_spec.supported_ops = [
             tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
@@ -506,8 +559,18 @@ def _convert_saved_model(
             what,
         )
         tflite = _run_converter(debugger.get_nondebug_quantized_model, what)
-    else:
-        tflite = _run_converter(converter.convert, what)
+    if mode == "int8":
+        violations = xnnpack_scale_violations(tflite)
+        if violations:
+            layers = sorted({str(v["layer"]) for v in violations})
+            warnings.warn(
+                f"{what}: XNNPACK cannot prepare this int8 model: layers "
+                f"{layers} have a requantization scale >= 256 (near-zero "
+                "batch-norm variance folded into the weights). LiteRT's "
+                "default CPU setup will fail to load it; convert with "
+                "float_layers=['auto'] to keep those layers in float.",
+                stacklevel=3,
+            )
     check_builtin_ops(tflite)
     if output_path is not None:
         _write_atomic(output_path, tflite)
@@ -534,10 +597,46 @@ def _debug_options(saved_model_dir, float_layers, what):
     )
 
 
-def _quantization_debugger(converter, images, options, what):
-    # The debugger runs TF's deprecated tf.lite.Interpreter internally.
-    with warnings.catch_warnings():
+class _DebuggerWithoutDelegates:
+    """Makes QuantizationDebugger's interpreters skip the XNNPACK delegate.
+
+    The debugger builds `tf.lite.Interpreter`s with the default op
+    resolver, which applies XNNPACK. XNNPACK rejects some valid int8 models
+    at prepare time (see `xnnpack_scale_violations`), and the debug model
+    is meant to be measured with TFLite's own kernels anyway, so the
+    debugger module's interpreter factory is swapped for the duration.
+    """
+
+    def __enter__(self):
+        import functools
+        import types
+
+        from tensorflow.lite.python import interpreter
+        from tensorflow.lite.tools.optimize.debugging.python import debugger
+
+        self._module = debugger
+        self._saved = debugger._interpreter
+        debugger._interpreter = types.SimpleNamespace(
+            Interpreter=functools.partial(
+                interpreter.Interpreter,
+                experimental_op_resolver_type=(
+                    interpreter.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+                ),
+            )
+        )
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        # It runs TF's deprecated tf.lite.Interpreter, and says so.
         warnings.simplefilter("ignore", UserWarning)
+        return self
+
+    def __exit__(self, *exc):
+        self._module._interpreter = self._saved
+        self._warnings.__exit__(*exc)
+
+
+def _quantization_debugger(converter, images, options, what):
+    with _DebuggerWithoutDelegates():
         return _run_converter(
             lambda: tf.lite.experimental.QuantizationDebugger(
                 converter=converter,
@@ -556,8 +655,7 @@ def _write_layer_csv(debugger, path):
     the quantization step: about 1/sqrt(12) = 0.29 is ideal rounding, and
     much larger values flag layers 8 bits serve badly.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
+    with _DebuggerWithoutDelegates():
         debugger.run()
     buffer = io.StringIO()
     debugger.layer_statistics_dump(buffer)
@@ -604,7 +702,9 @@ def convert(
     by XNNPACK); "dynamic" (dynamic-range: int8 weights, float
     activations); "int8" (full integer: int8 weights, per channel unless
     `per_channel=False`, and int8 activations calibrated on
-    `calibration_data`).
+    `calibration_data`); "int16x8" (int16 activations, int8 weights: the
+    accuracy of float for long-tailed activations, but XNNPACK has no
+    int16 kernels, so it runs on TFLite's slower builtin kernels).
 
     Reference:
         Zhang et al., ShuffleNet, section 4 (the evaluated network); the
@@ -615,12 +715,13 @@ def convert(
             `ShuffleNet(...)`.
         output_path: Where to write the `.tflite` atomically. Defaults to
             None (only return the bytes).
-        mode: One of "float32", "float16", "dynamic", "int8". Defaults to
-            "float32".
+        mode: One of "float32", "float16", "dynamic", "int8", "int16x8".
+            Defaults to "float32".
         image_size: Input side or `(height, width)`. Defaults to the
             model's static input size.
-        calibration_data: For "int8": images `[n, height, width, 3]`
-            (uint8 or float pixel values as the model takes them) from the
+        calibration_data: For "int8" and "int16x8": images `[n, height,
+            width, 3]` (uint8 or float pixel values as the model takes them)
+            from the
             evaluation pipeline, e.g. `calibration_images(config)`.
         num_calibration_images: Images of `calibration_data` used.
             Defaults to 300.
@@ -629,10 +730,13 @@ def convert(
         output_type: For "int8": "float32" or "int8". Defaults to
             "float32".
         per_channel: Per-channel weight scales for int8. Defaults to True.
-        float_layers: For "int8": Keras layer names kept in float (e.g.
-            `("conv1", "predictions")`, the first and last layers), via
+        float_layers: For "int8": what to keep in float, via
             `tf.lite.experimental.QuantizationDebugger`'s
-            `denylisted_nodes`. Defaults to () (all quantized).
+            `denylisted_nodes`: "first" (preprocessing and stem conv),
+            "last" (the classifier), "auto" (the layers XNNPACK cannot run
+            in int8, see `xnnpack_scale_violations`) or Keras layer names.
+            Needs float32 input and output. Defaults to () (all
+            quantized).
         debug_csv: For "int8": path of a CSV of per-layer quantization
             error (RMSE, scale, RMSE/scale) from the QuantizationDebugger.
             Defaults to None.
@@ -711,16 +815,15 @@ def quantize_with_ai_edge_quantizer(
     (input_name,) = interpreter.get_signature_list()[SIGNATURE_KEY]["inputs"]
     quantizer = aeq_quantizer.Quantizer(float_tflite, recipe_fn())
     calibration = None
-    if quantizer.need_calibration:
-        samples = [
-            {input_name: image[np.newaxis].astype(np.float32)}
-            for image in images
-        ]
-        with warnings.catch_warnings():
-            # It keeps every tensor to record ranges, and warns it does.
-            warnings.simplefilter("ignore", UserWarning)
+    samples = [
+        {input_name: image[np.newaxis].astype(np.float32)} for image in images
+    ]
+    with warnings.catch_warnings():
+        # It keeps every tensor to record ranges, and warns it does.
+        warnings.simplefilter("ignore", UserWarning)
+        if quantizer.need_calibration:
             calibration = quantizer.calibrate({SIGNATURE_KEY: samples})
-    result = quantizer.quantize(calibration, enable_progress_report=False)
+        result = quantizer.quantize(calibration, enable_progress_report=False)
     tflite = bytes(result.quantized_model)
     check_builtin_ops(tflite)
     if output_path is not None:
@@ -826,6 +929,73 @@ def check_builtin_ops(tflite):
         )
 
 
+# XNNPACK's int8 convolutions and fully connected layers need each output
+# channel's requantization scale (input scale x filter scale / output
+# scale) below 256; a larger one fails delegate preparation.
+XNNPACK_MAX_REQUANTIZATION_SCALE = 256.0
+_WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+def xnnpack_scale_violations(tflite):
+    """Lists int8 ops whose requantization scale XNNPACK cannot run.
+
+    A BN-folded depthwise channel whose batch variance is near zero gets a
+    filter scale so large that `input_scale * filter_scale / output_scale`
+    reaches 256; XNNPACK then fails to prepare the whole model. Such a
+    channel is also destroyed by int8 anyway: one input step moves its
+    output by hundreds of steps.
+
+    Args:
+        tflite: `.tflite` bytes or path.
+
+    Returns:
+        A list of dicts: `op`, `index`, `tensor` (output name), `layer`
+        (the Keras layer name read from it, or None), `max_scale` and
+        `channels` (how many exceed the limit).
+    """
+    model = _flatbuffer(_model_bytes(tflite))
+    subgraph = model.subgraphs[0]
+
+    def scales(index):
+        q = subgraph.tensors[index].quantization
+        if q is None or q.scale is None or len(q.scale) == 0:
+            return None
+        return np.asarray(q.scale, np.float64)
+
+    found = []
+    for index, op in enumerate(subgraph.operators):
+        name = _op_name(model, op.opcodeIndex)
+        if name not in _WEIGHTED_OPS:
+            continue
+        x, w, y = (scales(op.inputs[0]), scales(op.inputs[1]),
+                   scales(op.outputs[0]))
+        if x is None or w is None or y is None:
+            continue
+        ratio = x[0] * w / y[0]
+        bad = ratio >= XNNPACK_MAX_REQUANTIZATION_SCALE
+        if bad.any():
+            tensor = subgraph.tensors[op.outputs[0]].name.decode()
+            found.append(
+                {
+                    "op": name,
+                    "index": index,
+                    "tensor": tensor,
+                    "layer": _layer_of(tensor),
+                    "max_scale": float(ratio.max()),
+                    "channels": int(bad.sum()),
+                }
+            )
+    return found
+
+
+def _layer_of(tensor_name):
+    """The Keras layer in `model_1/layer_1/op`, or None."""
+    parts = tensor_name.split(";")[0].split("/")
+    if len(parts) < 3:
+        return None
+    return re.sub(r"_\d+$", "", parts[1])
+
+
 def xnnpack_coverage(tflite, num_threads=1):
     """Measures which ops of a `.tflite` the XNNPACK delegate takes.
 
@@ -846,13 +1016,29 @@ def xnnpack_coverage(tflite, num_threads=1):
         A dict: `partitions` (delegate nodes), `pieces` (nodes in the
         execution plan: partitions plus ops left out; 1 means XNNPACK runs
         the whole graph), `delegated_ops` (count), `ops_left_out`
-        (`{op name: count}`) and `total_ops`.
+        (`{op name: count}`) and `total_ops`. When XNNPACK fails to prepare
+        the model (LiteRT then refuses to run it with default settings),
+        `pieces` is None, `error` holds the message and `scale_violations`
+        the likely cause.
     """
     tflite = _model_bytes(tflite)
     model = _flatbuffer(tflite)
     operators = model.subgraphs[0].operators
     total = len(operators)
-    interpreter = _interpreter(tflite, delegate=True, num_threads=num_threads)
+    try:
+        interpreter = _interpreter(tflite, delegate=True,
+                                   num_threads=num_threads)
+    except RuntimeError as e:
+        # XNNPACK claimed a partition, then failed to build it.
+        return {
+            "partitions": None,
+            "pieces": None,
+            "delegated_ops": 0,
+            "ops_left_out": {},
+            "total_ops": total,
+            "error": str(e),
+            "scale_violations": xnnpack_scale_violations(tflite),
+        }
     producer = {}
     for index, op in enumerate(operators):
         for tensor in op.outputs:
@@ -987,6 +1173,15 @@ def format_report(report, title=None):
     lines += [f"    {name:<24}{n:>5}" for name, n in report["ops"].items()]
     if x is None:
         lines.append("  XNNPACK         not loadable (custom ops)")
+    elif x["pieces"] is None:
+        layers = ", ".join(
+            f"{v['layer']} ({v['max_scale']:.0f})"
+            for v in x["scale_violations"]
+        )
+        lines.append(
+            "  XNNPACK         FAILS TO PREPARE: requantization scale >= "
+            f"256 in {layers or 'unknown ops'}; try float_layers=['auto']"
+        )
     else:
         left = ", ".join(f"{k} x{v}" for k, v in x["ops_left_out"].items())
         lines += [
@@ -1036,11 +1231,26 @@ class TFLiteModel:
     Args:
         tflite: `.tflite` bytes or path.
         num_threads: Interpreter threads. Defaults to 1.
-        delegate: Apply LiteRT's default XNNPACK delegate. Defaults to True.
+        delegate: Apply LiteRT's default XNNPACK delegate, falling back to
+            the builtin kernels with a warning when XNNPACK cannot prepare
+            the model (`self.delegated` says which ran). Defaults to True.
     """
 
     def __init__(self, tflite, num_threads=1, delegate=True):
-        self._interpreter = _interpreter(tflite, delegate, num_threads)
+        self.delegated = delegate
+        try:
+            self._interpreter = _interpreter(tflite, delegate, num_threads)
+        except RuntimeError as e:
+            if not delegate:
+                raise
+            warnings.warn(
+                f"XNNPACK failed to prepare this model ({e}); running it on "
+                "TFLite's builtin kernels instead. See "
+                "`xnnpack_scale_violations` and float_layers=['auto'].",
+                stacklevel=2,
+            )
+            self.delegated = False
+            self._interpreter = _interpreter(tflite, False, num_threads)
         inputs = self._interpreter.get_input_details()
         outputs = self._interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
@@ -1202,6 +1412,197 @@ def evaluate_tflite(
             "tflite_top1": float(np.mean(outputs.argmax(-1) == labels)),
         }
     return compare_outputs(np.concatenate(keras_out), outputs, labels)
+
+
+# Named conversions compared by `compare_conversions`: the modes and the
+# known post-training-quantization fixes and alternatives.
+CONVERSION_VARIANTS = {
+    "float32": {"mode": "float32"},
+    "float16": {"mode": "float16"},
+    "dynamic": {"mode": "dynamic"},
+    "int8": {"mode": "int8", "input_type": "int8"},
+    "int8_uint8_in": {"mode": "int8", "input_type": "uint8"},
+    "int8_per_tensor": {
+        "mode": "int8", "input_type": "int8", "per_channel": False,
+    },
+    "int8_float_first_last": {
+        "mode": "int8", "float_layers": ["first", "last"],
+    },
+    "int8_float_auto": {"mode": "int8", "float_layers": ["auto"]},
+    "int16x8": {"mode": "int16x8"},
+    "ai_edge_quantizer_int8": {"quantizer": "ai_edge_quantizer"},
+}
+
+
+def _collect(dataset, max_examples):
+    images, labels = [], []
+    count = 0
+    for batch in dataset:
+        x, y = np.asarray(batch[0]), np.asarray(batch[1])
+        if len(batch) > 2:
+            keep = np.asarray(batch[2]) > 0
+            x, y = x[keep], y[keep]
+        images.append(x)
+        labels.append(y)
+        count += len(x)
+        if max_examples is not None and count >= max_examples:
+            break
+    if not count:
+        raise ValueError("`dataset` yielded no examples.")
+    images = np.concatenate(images)[:max_examples]
+    return images, np.concatenate(labels)[:max_examples]
+
+
+def compare_conversions(
+    model,
+    dataset,
+    *,
+    calibration_data=None,
+    variants=None,
+    image_size=None,
+    max_examples=None,
+    num_threads=1,
+    progress=None,
+):
+    """Converts `model` several ways and measures each against Keras.
+
+    All variants output logits (the softmax is dropped) and are compared
+    with the Keras logits on the same images: top-1 of each, their top-1
+    agreement, the largest relative logit difference, size and XNNPACK
+    pieces.
+
+    Reference:
+        Zhang et al., ShuffleNet, section 4 (single-crop top-1).
+
+    Args:
+        model: The Keras model.
+        dataset: Evaluation batches `(images, labels[, sample_weight])`.
+        calibration_data: Images for the int8 variants (see
+            `calibration_images`).
+        variants: Names from `CONVERSION_VARIANTS`. Defaults to all.
+        image_size: Export side. Defaults to the model's input size.
+        max_examples: Evaluate at most this many examples. Defaults to
+            all.
+        num_threads: Interpreter threads. Defaults to 1.
+        progress: Optional callable `progress(message)`.
+
+    Returns:
+        A list of dicts, one per variant: `variant`, `size_bytes`,
+        `compare_outputs` fields, `xnnpack_pieces` and `ops_left_out`.
+    """
+    variants = list(variants or CONVERSION_VARIANTS)
+    for name in variants:
+        _check_choice(name, tuple(CONVERSION_VARIANTS), "variants")
+    progress = progress or (lambda message: None)
+    logits = logits_model(model)
+    images, labels = _collect(dataset, max_examples)
+    progress(f"Keras logits of {len(images)} images")
+    reference = np.concatenate(
+        [
+            np.asarray(logits(images[i : i + 32].astype(np.float32),
+                              training=False))
+            for i in range(0, len(images), 32)
+        ]
+    )
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        saved_model_dir = os.path.join(tmp, "saved_model")
+        export_saved_model(logits, saved_model_dir, image_size)
+        float32 = None
+        for name in variants:
+            kwargs = dict(CONVERSION_VARIANTS[name])
+            progress(f"Converting {name}")
+            if kwargs.pop("quantizer", None) == "ai_edge_quantizer":
+                if float32 is None:
+                    float32 = convert_saved_model(saved_model_dir)
+                tflite = quantize_with_ai_edge_quantizer(
+                    float32, calibration_data
+                )
+            else:
+                if kwargs["mode"] in ("int8", "int16x8"):
+                    kwargs["calibration_data"] = calibration_data
+                tflite = convert_saved_model(saved_model_dir, **kwargs)
+                if name == "float32":
+                    float32 = tflite
+            progress(f"Evaluating {name}")
+            outputs = TFLiteModel(tflite, num_threads=num_threads)(images)
+            coverage = xnnpack_coverage(tflite)
+            rows.append(
+                {
+                    "variant": name,
+                    "size_bytes": len(tflite),
+                    **compare_outputs(reference, outputs, labels),
+                    "xnnpack_pieces": coverage["pieces"],
+                    "ops_left_out": coverage["ops_left_out"],
+                }
+            )
+    return rows
+
+
+def format_conversion_table(rows):
+    """Renders `compare_conversions` rows as a plain-text table.
+
+    Args:
+        rows: A list of dicts from `compare_conversions`.
+
+    Returns:
+        A multi-line string.
+    """
+    header = (
+        f"{'variant':<24}{'KiB':>8}{'top-1':>8}{'Keras':>8}{'agree':>8}"
+        f"{'max rel':>10}{'pieces':>8}  left out"
+    )
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        left = ", ".join(f"{k} x{v}" for k, v in r["ops_left_out"].items())
+        lines.append(
+            f"{r['variant']:<24}{r['size_bytes'] / 1024:>8.1f}"
+            f"{100 * r['tflite_top1']:>7.2f}%{100 * r['keras_top1']:>7.2f}%"
+            f"{100 * r['top1_agreement']:>7.2f}%{r['max_rel_diff']:>10.2e}"
+            f"{str(r['xnnpack_pieces']):>8}  {left or '-'}"
+        )
+    return "\n".join(lines)
+
+
+def plot_conversions(rows, path, title=""):
+    """Saves a PNG: top-1 agreement, logit error and size per variant.
+
+    Args:
+        rows: A list of dicts from `compare_conversions`.
+        path: The PNG to write.
+        title: Figure title. Defaults to "".
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["variant"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 0.45 * len(rows) + 1.5),
+                             sharey=True)
+    panels = (
+        ("top-1 agreement with Keras (%)",
+         [100 * r["top1_agreement"] for r in rows]),
+        ("max relative logit difference",
+         [max(r["max_rel_diff"], 1e-9) for r in rows]),
+        ("size (KiB)", [r["size_bytes"] / 1024 for r in rows]),
+    )
+    for ax, (label, values) in zip(axes, panels):
+        ax.barh(names, values, color="tab:blue")
+        ax.set_xlabel(label)
+        ax.grid(axis="x", alpha=0.3)
+    axes[1].set_xscale("log")
+    axes[0].invert_yaxis()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 def format_evaluation(results):

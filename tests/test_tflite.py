@@ -54,7 +54,7 @@ def jpeg_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def calibration(jpeg_folder):
     config = data.InputConfig(
-        source="folder", eval_path=str(jpeg_folder), image_size=SIZE
+        source="folder", train_path=str(jpeg_folder), image_size=SIZE
     )
     return export.calibration_images(config, num_images=12)
 
@@ -109,7 +109,7 @@ def test_calibration_images_are_eval_pipeline_centre_crops(jpeg_folder):
     config = data.InputConfig(
         source="folder", eval_path=str(jpeg_folder), image_size=SIZE
     )
-    got = export.calibration_images(config, num_images=5)
+    got = export.calibration_images(config, num_images=5, split="eval")
     assert got.shape == (5, SIZE, SIZE, 3) and got.dtype == np.uint8
     expected = [
         data.preprocess_for_eval(
@@ -453,3 +453,51 @@ def test_ai_edge_quantizer_int8_agrees_with_float(converted, calibration,
     )
     assert result["max_rel_diff"] <= 0.1
     assert result["top1_agreement"] >= 14 / 16
+
+
+def _near_zero_variance_model():
+    """A depthwise + BN whose channel 0 has zero variance and gamma 1000."""
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False,
+                                     name="dw")(inputs)
+    x = keras.layers.BatchNormalization(name="dw_bn")(x)
+    x = keras.layers.Conv2D(4, 1, name="pw")(x)
+    model = keras.Model(inputs, x)
+    kernel = np.full((3, 3, 3, 1), 0.01, np.float32)
+    kernel[..., 0, 0] = 1.0
+    model.get_layer("dw").set_weights([kernel])
+    model.get_layer("dw_bn").set_weights([
+        np.array([1000.0, 1.0, 1.0], np.float32),  # gamma
+        np.zeros(3, np.float32),  # beta
+        np.zeros(3, np.float32),  # moving mean
+        np.array([0.0, 1.0, 1.0], np.float32),  # moving variance
+    ])
+    images = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 3),
+                                               np.uint8)
+    images[..., 0] = 0  # Channel 0 is constant, as a dead channel is.
+    return model, images
+
+
+def test_xnnpack_scale_violation_is_found_and_auto_keeps_layer_float():
+    model, images = _near_zero_variance_model()
+    with pytest.warns(UserWarning, match="dw_bn"):
+        tflite = export.convert(model, mode="int8", calibration_data=images)
+    (violation,) = export.xnnpack_scale_violations(tflite)
+    assert violation["layer"] == "dw_bn"
+    assert violation["op"] == "DEPTHWISE_CONV_2D"
+    assert violation["max_scale"] >= 256
+    coverage = export.xnnpack_coverage(tflite)
+    assert coverage["pieces"] is None and "XNNPACK" in coverage["error"]
+    with pytest.warns(UserWarning, match="builtin kernels"):
+        runner = export.TFLiteModel(tflite)
+    assert not runner.delegated
+
+    fixed = export.convert(model, mode="int8", calibration_data=images,
+                           float_layers=["auto"])
+    assert export.xnnpack_scale_violations(fixed) == []
+    assert export.xnnpack_coverage(fixed)["pieces"] == 1
+    reference = model.predict(images.astype(np.float32), verbose=0)
+    outputs = export.TFLiteModel(fixed)(images)
+    assert export.compare_outputs(
+        reference.reshape(len(images), -1), outputs.reshape(len(images), -1)
+    )["max_rel_diff"] <= 0.05

@@ -68,7 +68,8 @@ _PER_CHANNEL = flags.DEFINE_bool(
 _FLOAT_LAYERS = flags.DEFINE_list(
     "float_layers", [],
     "int8 mode: keep these in float: 'first' (preprocessing and stem "
-    "conv), 'last' (classifier) or Keras layer names.",
+    "conv), 'last' (classifier), 'auto' (layers XNNPACK cannot run in "
+    "int8) or Keras layer names.",
 )
 _DEBUG_CSV = flags.DEFINE_string(
     "debug_csv", None,
@@ -80,17 +81,26 @@ _LOGITS = flags.DEFINE_bool(
 )
 _NUM_CALIBRATION_IMAGES = flags.DEFINE_integer(
     "num_calibration_images", export.DEFAULT_NUM_CALIBRATION_IMAGES,
-    "int8 mode: evaluation images used to calibrate.",
+    "int8/int16x8 modes: images used to calibrate.",
 )
 _DATA_SOURCE = flags.DEFINE_enum(
     "data_source", None, data.SOURCES,
-    "int8 mode: calibration data source (its evaluation split).",
+    "int8/int16x8 modes: calibration data source.",
 )
 _DATA_NAME = flags.DEFINE_string("data_name", None, "TFDS dataset name.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
+_CALIBRATION_SPLIT = flags.DEFINE_enum(
+    "calibration_split", "train", ["train", "eval"],
+    "int8 mode: split whose centre crops (evaluation preprocessing) "
+    "calibrate.",
+)
+_TRAIN_SPLIT = flags.DEFINE_string("train_split", "train", "TFDS split.")
 _EVAL_SPLIT = flags.DEFINE_string("eval_split", "validation", "TFDS split.")
+_TRAIN_PATH = flags.DEFINE_string(
+    "train_path", None, "Class folders or TFRecord files (train split)."
+)
 _EVAL_PATH = flags.DEFINE_string(
-    "eval_path", None, "Folder of class folders, or TFRecord files."
+    "eval_path", None, "Class folders or TFRecord files (eval split)."
 )
 _NUM_CLASSES = flags.DEFINE_integer(
     "num_classes", None, "Classes of a TFRecord source."
@@ -108,27 +118,34 @@ flags.mark_flag_as_required("output")
 def _calibration_images(image_size):
     if _DATA_SOURCE.value is None:
         raise app.UsageError(
-            "--mode=int8 needs --data_source (and its --data_* flags) to "
-            "calibrate on evaluation images."
+            f"--mode={_MODE.value} needs --data_source (and its data "
+            "flags) to calibrate."
         )
     config = data.InputConfig(
         source=_DATA_SOURCE.value,
         name=_DATA_NAME.value,
         data_dir=_DATA_DIR.value,
+        train_split=_TRAIN_SPLIT.value,
         eval_split=_EVAL_SPLIT.value,
+        train_path=_TRAIN_PATH.value,
         eval_path=_EVAL_PATH.value,
         num_classes=_NUM_CLASSES.value,
         image_size=image_size,
         crop_fraction=_CROP_FRACTION.value,
     )
-    images = export.calibration_images(config, _NUM_CALIBRATION_IMAGES.value)
-    logging.info("Calibrating on %d evaluation images.", len(images))
+    images = export.calibration_images(
+        config, _NUM_CALIBRATION_IMAGES.value, _CALIBRATION_SPLIT.value
+    )
+    print(f"Calibrating on {len(images)} centre-cropped "
+          f"{_CALIBRATION_SPLIT.value} images.", flush=True)
     return images
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # TF's export chatter.
     if _MODEL.value:
         model = export.load_model(_MODEL.value)
     else:
@@ -145,14 +162,14 @@ def main(argv):
     size = export.input_size(model, _IMAGE_SIZE.value)
     if size[0] != size[1]:
         raise app.UsageError(f"Square inputs only. Received: {size}")
-    quantized = _MODE.value == "int8"
+    quantized = _MODE.value in ("int8", "int16x8")
     images = _calibration_images(size[0]) if quantized else None
     settings = {
         "mode": _MODE.value,
         "image_size": size[0],
         "logits": _LOGITS.value,
     }
-    if quantized and _QUANTIZER.value == "ai_edge_quantizer":
+    if _MODE.value == "int8" and _QUANTIZER.value == "ai_edge_quantizer":
         float_model = export.convert(
             model, mode="float32", image_size=size, logits=_LOGITS.value
         )
@@ -178,7 +195,7 @@ def main(argv):
             debug_csv=_DEBUG_CSV.value,
             logits=_LOGITS.value,
         )
-        if quantized:
+        if _MODE.value == "int8":
             settings.update(
                 quantizer="converter",
                 input_type=_INPUT_TYPE.value,

@@ -1,12 +1,18 @@
-"""Evaluates a .tflite ShuffleNet with LiteRT and compares it with Keras.
+"""Evaluates .tflite ShuffleNets with LiteRT and compares them with Keras.
 
+    # One converted model against its Keras source:
     python tflite/evaluate.py --tflite=/tmp/m_int8.tflite \
         --model=runs/quickstart_digits/export/m.keras --data_source=digits
+    # Convert a Keras model every way (float32, float16, dynamic, int8
+    # variants, AI Edge Quantizer) and tabulate them, with a PNG:
+    python tflite/evaluate.py --model=... --data_source=digits \
+        --variants=all --output_json=/tmp/modes.json --plot=/tmp/modes.png
 
 Prints TFLite top-1, Keras top-1, their top-1 agreement and the largest
 output difference (absolute, and relative: max|a - b| / max|a| with a the
 Keras output; logits when the .tflite has no final softmax). Images go
-through the evaluation pipeline of keras_shufflenet.data (centre crop).
+through the evaluation pipeline of keras_shufflenet.data (centre crop);
+int8 variants calibrate on training images through the same pipeline.
 """
 
 import os
@@ -24,6 +30,24 @@ from keras_shufflenet import data  # noqa: E402
 from keras_shufflenet import export  # noqa: E402
 
 _TFLITE = flags.DEFINE_string("tflite", None, "The .tflite to evaluate.")
+_VARIANTS = flags.DEFINE_list(
+    "variants", [],
+    "Instead of --tflite: convert the Keras model in these ways and compare "
+    f"them; 'all' or names from {sorted(export.CONVERSION_VARIANTS)}.",
+)
+_CALIBRATION_SPLIT = flags.DEFINE_enum(
+    "calibration_split", "train", ["train", "eval"],
+    "--variants: split whose centre crops calibrate int8.",
+)
+_NUM_CALIBRATION_IMAGES = flags.DEFINE_integer(
+    "num_calibration_images", export.DEFAULT_NUM_CALIBRATION_IMAGES,
+    "--variants: images used to calibrate int8.",
+)
+_IMAGE_SIZE = flags.DEFINE_integer(
+    "image_size", None,
+    "--variants: input side. Defaults to the model's, or 224.",
+)
+_PLOT = flags.DEFINE_string("plot", None, "--variants: write a PNG here.")
 _MODEL = flags.DEFINE_string(
     "model", None, "The source .keras model, to compare with."
 )
@@ -45,7 +69,13 @@ _DATA_SOURCE = flags.DEFINE_enum(
 )
 _DATA_NAME = flags.DEFINE_string("data_name", None, "TFDS dataset name.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
+_TRAIN_SPLIT = flags.DEFINE_string(
+    "train_split", "train", "TFDS split for calibration."
+)
 _EVAL_SPLIT = flags.DEFINE_string("eval_split", "validation", "TFDS split.")
+_TRAIN_PATH = flags.DEFINE_string(
+    "train_path", None, "Calibration class folders or TFRecord files."
+)
 _EVAL_PATH = flags.DEFINE_string(
     "eval_path", None, "Folder of class folders, or TFRecord files."
 )
@@ -68,7 +98,7 @@ _NUM_THREADS = flags.DEFINE_integer("num_threads", 1, "LiteRT threads.")
 _OUTPUT_JSON = flags.DEFINE_string(
     "output_json", None, "Write the results here as JSON."
 )
-flags.mark_flags_as_required(["tflite", "data_source"])
+flags.mark_flags_as_required(["data_source"])
 
 
 def _keras_model(image_size):
@@ -88,24 +118,91 @@ def _keras_model(image_size):
     )
 
 
+def _input_config(image_size):
+    return data.InputConfig(
+        source=_DATA_SOURCE.value,
+        name=_DATA_NAME.value,
+        data_dir=_DATA_DIR.value,
+        train_split=_TRAIN_SPLIT.value,
+        eval_split=_EVAL_SPLIT.value,
+        train_path=_TRAIN_PATH.value,
+        eval_path=_EVAL_PATH.value,
+        num_classes=_NUM_CLASSES.value,
+        label_offset=_LABEL_OFFSET.value,
+        image_size=image_size,
+        crop_fraction=_CROP_FRACTION.value,
+    )
+
+
+def _progress(message):
+    print(message, flush=True)
+
+
+def _compare_variants():
+    keras_model = _keras_model(_IMAGE_SIZE.value or 224)
+    if keras_model is None:
+        raise app.UsageError("--variants needs --model, or --scale/--weights.")
+    (size, _) = export.input_size(keras_model, _IMAGE_SIZE.value)
+    variants = _VARIANTS.value
+    if variants == ["all"]:
+        variants = list(export.CONVERSION_VARIANTS)
+    config = _input_config(size)
+    calibration = None
+    unknown = sorted(set(variants) - set(export.CONVERSION_VARIANTS))
+    if unknown:
+        raise app.UsageError(
+            f"Unknown --variants {unknown}; choose from "
+            f"{sorted(export.CONVERSION_VARIANTS)} or 'all'."
+        )
+    # The AI Edge Quantizer variant has no converter mode: it is int8.
+    if any(export.CONVERSION_VARIANTS[v].get("mode", "int8") == "int8"
+           for v in variants):
+        calibration = export.calibration_images(
+            config, _NUM_CALIBRATION_IMAGES.value, _CALIBRATION_SPLIT.value
+        )
+        _progress(f"Calibrating int8 on {len(calibration)} "
+                  f"{_CALIBRATION_SPLIT.value} images.")
+    pipeline = data.InputPipeline(config)
+    rows = export.compare_conversions(
+        keras_model,
+        pipeline.dataset(False, _BATCH_SIZE.value),
+        calibration_data=calibration,
+        variants=variants,
+        image_size=size,
+        max_examples=_MAX_EXAMPLES.value,
+        num_threads=_NUM_THREADS.value,
+        progress=_progress,
+    )
+    result = {
+        "model": keras_model.name,
+        "image_size": size,
+        "num_calibration_images": (
+            None if calibration is None else len(calibration)
+        ),
+        "calibration_split": _CALIBRATION_SPLIT.value,
+        "variants": rows,
+    }
+    if _OUTPUT_JSON.value:
+        export.write_report(result, _OUTPUT_JSON.value)
+    if _PLOT.value:
+        export.plot_conversions(rows, _PLOT.value, keras_model.name)
+    print(export.format_conversion_table(rows))
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # TF's export chatter.
+    if bool(_TFLITE.value) == bool(_VARIANTS.value):
+        raise app.UsageError("Give exactly one of --tflite and --variants.")
+    if _VARIANTS.value:
+        return _compare_variants()
     runner = export.TFLiteModel(_TFLITE.value)
     height, width = runner.image_size
     if height != width:
         raise app.UsageError(f"Square inputs only. Received: {height}x{width}")
-    config = data.InputConfig(
-        source=_DATA_SOURCE.value,
-        name=_DATA_NAME.value,
-        data_dir=_DATA_DIR.value,
-        eval_split=_EVAL_SPLIT.value,
-        eval_path=_EVAL_PATH.value,
-        num_classes=_NUM_CLASSES.value,
-        label_offset=_LABEL_OFFSET.value,
-        image_size=height,
-        crop_fraction=_CROP_FRACTION.value,
-    )
+    config = _input_config(height)
     pipeline = data.InputPipeline(config)
     total = pipeline.num_examples(False)
     if _MAX_EXAMPLES.value:
@@ -114,9 +211,8 @@ def main(argv):
     start = time.perf_counter()
 
     def progress(done):
-        logging.info(
-            "%d/%d examples (%.0f s)", done, total,
-            time.perf_counter() - start,
+        _progress(
+            f"{done}/{total} examples ({time.perf_counter() - start:.0f} s)"
         )
 
     results = export.evaluate_tflite(
