@@ -6,12 +6,18 @@ import math
 import keras
 import numpy as np
 
+from keras_shufflenet.layers import PACKAGE
 from keras_shufflenet.layers import ChannelShuffle
 from keras_shufflenet.layers import set_group_conv_implementation
 from keras_shufflenet.layers import shuffle_permutation
 
 # The exact rewrites `deployment_model` applies, in the order of the docs.
-REWRITES = ("preprocessing", "average_pool", "shuffle_after_stride")
+REWRITES = (
+    "preprocessing",
+    "average_pool",
+    "pool_padding",
+    "shuffle_after_stride",
+)
 
 
 def deployment_model(
@@ -33,6 +39,11 @@ def deployment_model(
       constant weights `1 / k**2`. XNNPACK then fuses the zero padding
       into the convolution, and int8 models stay delegated: XNNPACK has no
       int8 AVERAGE_POOL_2D, which split the graph into several pieces.
+    - `"pool_padding"`: a `ZeroPadding2D` that feeds anything but a
+      convolution (which absorbs its padding in XNNPACK), i.e. the one
+      before the 3x3/2 max pool, becomes `RowZeroPadding2D`, which pads
+      the image viewed as rows of `width * channels` values: XNNPACK then
+      copies long rows instead of one short row per pixel, 3x faster.
     - `"shuffle_after_stride"`: in a stride-2 unit, the channel shuffle
       moves from before the 3x3/2 depthwise convolution to after its batch
       norm, on a tensor 4 times smaller. A permutation commutes with
@@ -83,6 +94,9 @@ def deployment_model(
     rewriter = _Rewriter(
         preprocessing="preprocessing" in rewrites,
         average_pool="average_pool" in rewrites,
+        paddings=(
+            _unfused_paddings(model) if "pool_padding" in rewrites else ()
+        ),
         moves=moves,
     )
     clone = keras.models.clone_model(
@@ -133,6 +147,39 @@ def _single_consumer(consumers, layer, kind):
     return None
 
 
+def _unfused_paddings(model):
+    """`ZeroPadding2D` layers that XNNPACK cannot fuse into a consumer.
+
+    XNNPACK folds zero padding into a following convolution or depthwise
+    convolution with "valid" padding. Pooling layers (after the
+    `average_pool` rewrite only the max pool) get a standalone PAD.
+    """
+    consumers = _consumers(model)
+    found = set()
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.ZeroPadding2D):
+            continue
+        if layer.data_format != "channels_last" or _inputs(layer) == []:
+            continue
+        if any(d is None for d in layer.input.shape[1:]):
+            continue
+        users = consumers.get(id(layer.output), [])
+        fused = users and all(
+            isinstance(
+                user,
+                (
+                    keras.layers.Conv2D,
+                    keras.layers.DepthwiseConv2D,
+                    keras.layers.AveragePooling2D,  # Becomes a conv.
+                ),
+            )
+            for user in users
+        )
+        if not fused:
+            found.add(layer)
+    return found
+
+
 def _shuffle_moves(model):
     """Finds shuffle -> pad -> stride-2 depthwise -> batch norm chains.
 
@@ -173,9 +220,10 @@ class _Rewriter:
     moves); `call` calls the copies, replacing layers by equivalent ones.
     """
 
-    def __init__(self, preprocessing, average_pool, moves):
+    def __init__(self, preprocessing, average_pool, paddings, moves):
         self.preprocessing = preprocessing
         self.average_pool = average_pool
+        self.paddings = paddings
         self.moves = moves
         # Depthwise convs and batch norms whose channels take the inverse
         # shuffle permutation, mapped to the shuffle to apply after.
@@ -212,6 +260,10 @@ class _Rewriter:
             return _tiled_rescaling(source)(*args, **kwargs)
         if self.average_pool and _is_valid_average_pool(source):
             return _depthwise_average(source)(*args, **kwargs)
+        if source in self.paddings:
+            return RowZeroPadding2D(
+                source.padding, name=source.name
+            )(*args, **kwargs)
         outputs = layer(*args, **kwargs)
         if source in self.permuted and isinstance(
             source, keras.layers.BatchNormalization
@@ -248,8 +300,8 @@ def _tiled_rescaling(layer):
     std = np.maximum(np.sqrt(variance), keras.config.epsilon())
     mean = np.broadcast_to(mean, (channels,))
     std = np.broadcast_to(std, (channels,))
-    scale = np.tile(1.0 / std, (width, 1)).astype("float32")
-    offset = np.tile(-mean / std, (width, 1)).astype("float32")
+    scale = np.tile(1.0 / std, (width, 1)).astype("float32").tolist()
+    offset = np.tile(-mean / std, (width, 1)).astype("float32").tolist()
     return keras.layers.Rescaling(scale, offset, name=layer.name)
 
 
@@ -279,3 +331,52 @@ def _depthwise_average(layer):
     )
     conv.trainable = False
     return conv
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class RowZeroPadding2D(keras.layers.Layer):
+    """`ZeroPadding2D` computed on the image as rows of `width * channels`.
+
+    The output equals `keras.layers.ZeroPadding2D(padding)`'s for
+    channels-last inputs with static width and channels. The image is
+    reshaped to `(batch, height, width * channels)`, padded, and reshaped
+    back, so that XNNPACK's PAD copies whole rows rather than one
+    `channels`-long row per pixel.
+
+    Args:
+        padding: `((top, bottom), (left, right))`, as `ZeroPadding2D`
+            normalises it.
+        **kwargs: Base layer arguments, such as `name`.
+
+    Example:
+
+    >>> x = keras.ops.ones((1, 4, 4, 3))
+    >>> RowZeroPadding2D(((1, 1), (1, 1)))(x).shape
+    (1, 6, 6, 3)
+    """
+
+    def __init__(self, padding, **kwargs):
+        super().__init__(**kwargs)
+        (top, bottom), (left, right) = padding
+        self.padding = ((int(top), int(bottom)), (int(left), int(right)))
+
+    def call(self, inputs):
+        _, height, width, channels = inputs.shape
+        (top, bottom), (left, right) = self.padding
+        x = keras.ops.reshape(inputs, (-1, height, width * channels))
+        x = keras.ops.pad(
+            x, ((0, 0), (top, bottom), (left * channels, right * channels))
+        )
+        return keras.ops.reshape(
+            x, (-1, height + top + bottom, width + left + right, channels)
+        )
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        (top, bottom), (left, right) = self.padding
+        return (batch, height + top + bottom, width + left + right, channels)
+
+    def get_config(self):
+        config = super().get_config()
+        config["padding"] = self.padding
+        return config

@@ -131,6 +131,23 @@ def test_normalization_becomes_rescaling_tiled_over_width():
     np.testing.assert_allclose(offset[7], -mean / std, rtol=1e-6)
 
 
+def test_max_pool_padding_pads_rows_and_conv_paddings_stay():
+    model = tiny()
+    deployed = deploy.deployment_model(model)
+    pad = deployed.get_layer("pool1_pad")
+    assert isinstance(pad, deploy.RowZeroPadding2D)
+    assert pad.padding == ((1, 1), (1, 1))
+    for name in ("conv1_pad", "stage2_unit1_dwconv_pad",
+                 "stage2_unit1_shortcut_pad"):
+        assert type(deployed.get_layer(name)) is keras.layers.ZeroPadding2D
+    x = np.random.default_rng(3).normal(size=(2, 5, 7, 6)).astype("float32")
+    padding = ((2, 1), (0, 3))
+    np.testing.assert_array_equal(
+        deploy.RowZeroPadding2D(padding)(x),
+        keras.layers.ZeroPadding2D(padding)(x),
+    )
+
+
 def test_dynamic_width_keeps_the_normalization():
     model = tiny(input_shape=(None, None, 3))
     deployed = deploy.deployment_model(model)
@@ -161,6 +178,16 @@ def test_a_deployment_model_is_not_rewritten_again():
     plain = deploy.deployment_model(model, rewrites=())
     assert plain.deployment_options["rewrites"] == ()
     assert deploy.deployment_model(plain) is plain
+
+
+def test_deployment_model_round_trips_through_a_safe_keras_file(tmp_path):
+    model = tiny()
+    deployed = deploy.deployment_model(model)
+    path = tmp_path / "deployed.keras"
+    deployed.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    x = images()
+    np.testing.assert_array_equal(np.asarray(loaded(x)), deployed(x))
 
 
 def test_bad_rewrite_name_is_refused():
