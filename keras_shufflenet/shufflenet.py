@@ -68,7 +68,10 @@ def shufflenet_widths(scale, groups):
     and the bottlenecks (`bottleneck_width`), then divides into `groups`.
 
     conv1 scales by the largest power of two not above `scale`, the
-    official release's choice: its 1.5x models keep the 1x stem of 24.
+    official release's choice (its 1.5x models keep the 1x stem of 24), but
+    by no less than 1/2: at 0.25x a 12-channel stem gives Table 2's 13
+    MFLOPs for 1 to 4 groups, where a 6-channel one gives 11. The stem
+    always stays narrower than stage 2, so the first unit's branch exists.
     The rule reproduces Table 1 and the release's eight configurations
     (0.5x, 1x, 1.5x and 2x with 3 and 8 groups; `OFFICIAL_WIDTHS`).
 
@@ -83,9 +86,12 @@ def shufflenet_widths(scale, groups):
         A tuple of four ints.
     """
     _validate_scale_groups(scale, groups)
-    stage2 = round_to_multiple(STAGE2_WIDTHS[groups] * scale, groups)
-    stem_scale = 2.0 ** math.floor(math.log2(scale))
+    stage2 = max(
+        2 * groups, round_to_multiple(STAGE2_WIDTHS[groups] * scale, groups)
+    )
+    stem_scale = max(0.5, 2.0 ** math.floor(math.log2(scale)))
     stem = round_to_multiple(STEM_WIDTH * stem_scale, groups)
+    stem = min(stem, stage2 - groups)
     return (stem, stage2, 2 * stage2, 4 * stage2)
 
 

@@ -79,3 +79,10 @@ def test_complexity_table_rows_and_markdown():
     assert "| ShuffleNet 1x (g=3) | 137.5 | 137 | +0.3% | 138 | 1.86 | 1.9 |" \
         in table
     assert "ShuffleNet 1x (g=3) + SE" in table
+
+
+@pytest.mark.parametrize("scale,mflops", [(0.25, 13), (0.5, 38)])
+@pytest.mark.parametrize("groups", [1, 2, 3, 4])
+def test_flops_reproduce_table_2_for_1_to_4_groups(scale, mflops, groups):
+    flops = ks.complexity(ks.ShuffleNet(scale, groups))["flops"]
+    assert abs(flops / (mflops * 1e6) - 1) <= 0.03, flops

@@ -282,7 +282,8 @@ def test_widths_at_1x_are_table_1():
 
 
 @pytest.mark.parametrize("groups", [1, 2, 3, 4, 8])
-@pytest.mark.parametrize("scale", [0.1, 0.25, 0.33, 0.5, 0.75, 1.25, 1.5, 3.0])
+@pytest.mark.parametrize("scale", [0.01, 0.1, 0.25, 0.33, 0.5, 0.75, 1.25,
+                                   1.5, 3.0])
 def test_every_grouped_width_divides_into_groups(groups, scale):
     stem, *stages = ks.shufflenet_widths(scale, groups)
     prev = stem
