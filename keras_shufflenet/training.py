@@ -22,7 +22,6 @@ import tempfile
 import time
 import types
 import typing
-from typing import Optional
 
 import keras
 import numpy as np
@@ -151,10 +150,10 @@ class TrainConfig:
 
     batch_size: int = PAPER_BATCH_SIZE
     epochs: float = PAPER_EPOCHS
-    steps: Optional[int] = None
-    eval_batch_size: Optional[int] = None
+    steps: int | None = None
+    eval_batch_size: int | None = None
     bn_recalibration_epochs: float = 1.0
-    steps_per_execution: Optional[int] = None
+    steps_per_execution: int | None = None
     log_every_steps: int = 100
     checkpoint_every_steps: int = 5000
     keep_checkpoints: int = 3
@@ -197,7 +196,7 @@ class ExperimentConfig:
     tpu: str = ""
     precision: str = "auto"
     description: str = ""
-    paper_top1_error: Optional[float] = None
+    paper_top1_error: float | None = None
     export: bool = True
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = dataclasses.field(
@@ -216,16 +215,20 @@ class ExperimentConfig:
         _check_choice("precision", self.precision, PRECISIONS)
         for name, value in (
             ("optimizer.lr", self.optimizer.lr),
-            ("optimizer.reference_batch_size",
-             self.optimizer.reference_batch_size),
+            (
+                "optimizer.reference_batch_size",
+                self.optimizer.reference_batch_size,
+            ),
             ("train.batch_size", self.train.batch_size),
             ("train.log_every_steps", self.train.log_every_steps),
-            ("train.checkpoint_every_steps",
-             self.train.checkpoint_every_steps),
+            ("train.checkpoint_every_steps", self.train.checkpoint_every_steps),
             ("train.keep_checkpoints", self.train.keep_checkpoints),
         ):
-            if not (isinstance(value, (int, float)) and math.isfinite(value)
-                    and value > 0):
+            if not (
+                isinstance(value, (int, float))
+                and math.isfinite(value)
+                and value > 0
+            ):
                 raise ValueError(
                     f"`{name}` must be a positive number. Received: "
                     f"{name}={value!r}"
@@ -256,8 +259,10 @@ class ExperimentConfig:
         for name, value in (
             ("optimizer.weight_decay", self.optimizer.weight_decay),
             ("optimizer.warmup_epochs", self.optimizer.warmup_epochs),
-            ("train.bn_recalibration_epochs",
-             self.train.bn_recalibration_epochs),
+            (
+                "train.bn_recalibration_epochs",
+                self.train.bn_recalibration_epochs,
+            ),
         ):
             if not value >= 0.0:
                 raise ValueError(
@@ -440,8 +445,9 @@ def apply_overrides(config, overrides):
     fields = {name: hint for name, hint, _ in config_fields()}
     for name, value in overrides.items():
         if name not in fields:
-            close = [f for f in fields if f.split(".")[-1]
-                     == name.split(".")[-1]]
+            close = [
+                f for f in fields if f.split(".")[-1] == name.split(".")[-1]
+            ]
             raise ValueError(
                 f"Unknown config field {name!r}."
                 + (f" Did you mean {close}?" if close else "")
@@ -468,9 +474,7 @@ def load_recipe(path):
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Recipe file not found: {path}")
-    name = "keras_shufflenet_recipe_" + os.path.basename(path).replace(
-        ".", "_"
-    )
+    name = "keras_shufflenet_recipe_" + os.path.basename(path).replace(".", "_")
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -478,7 +482,7 @@ def load_recipe(path):
         raise ValueError(f"Recipe {path} defines no get_config() function.")
     config = module.get_config()
     if not isinstance(config, ExperimentConfig):
-        raise ValueError(
+        raise TypeError(
             f"get_config() of {path} must return an ExperimentConfig. "
             f"Received: {type(config).__name__}"
         )
@@ -501,22 +505,29 @@ def imagenet_input_config(**overrides):
     Returns:
         A `keras_shufflenet.data.InputConfig`.
     """
-    values = dict(
-        source="tfds",
-        name="imagenet2012",
-        num_classes=1000,
-        num_train_examples=IMAGENET_TRAIN_EXAMPLES,
-        num_eval_examples=IMAGENET_EVAL_EXAMPLES,
-        image_size=224,
+    values = {
+        "source": "tfds",
+        "name": "imagenet2012",
+        "num_classes": 1000,
+        "num_train_examples": IMAGENET_TRAIN_EXAMPLES,
+        "num_eval_examples": IMAGENET_EVAL_EXAMPLES,
+        "image_size": 224,
         # The official release's brightness/contrast/saturation jitter.
-        color_jitter=data_lib.OFFICIAL_COLOR_JITTER,
-    )
+        "color_jitter": data_lib.OFFICIAL_COLOR_JITTER,
+    }
     values.update(overrides)
     return data_lib.InputConfig(**values)
 
 
-def paper_config(scale, groups, *, se=False, shallow=False, shuffle=True,
-                 paper_top1_error=None):
+def paper_config(
+    scale,
+    groups,
+    *,
+    se=False,
+    shallow=False,
+    shuffle=True,
+    paper_top1_error=None,
+):
     """The paper's ImageNet recipe for one ShuffleNet.
 
     Reference:
@@ -537,7 +548,10 @@ def paper_config(scale, groups, *, se=False, shallow=False, shuffle=True,
     return ExperimentConfig(
         paper_top1_error=paper_top1_error,
         model=ModelConfig(
-            scale=scale, groups=groups, se=se, shallow=shallow,
+            scale=scale,
+            groups=groups,
+            se=se,
+            shallow=shallow,
             shuffle=shuffle,
         ),
         data=imagenet_input_config(),
@@ -700,8 +714,12 @@ def weight_decay_loss(model, weight_decay):
     kernels = weight_decay_variables(model)
     if not weight_decay or not kernels:
         return tf.constant(0.0)
-    return 0.5 * weight_decay * tf.add_n(
-        [tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in kernels]
+    return (
+        0.5
+        * weight_decay
+        * tf.add_n(
+            [tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in kernels]
+        )
     )
 
 
@@ -733,9 +751,7 @@ def create_strategy(name, tpu=""):
         return tf.distribute.OneDeviceStrategy("/cpu:0")
     gpus = tf.config.list_logical_devices("GPU")
     if name == "one_device":
-        return tf.distribute.OneDeviceStrategy(
-            "/gpu:0" if gpus else "/cpu:0"
-        )
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
     if name == "mirrored":
         devices = gpus or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([d.name for d in devices])
@@ -830,7 +846,8 @@ def synchronize_batch_norm(model):
 def batch_norm_layers(model):
     """All BatchNormalization layers of a model, nested ones included."""
     return [
-        layer for layer in model._flatten_layers(include_self=False)
+        layer
+        for layer in model._flatten_layers(include_self=False)
         if isinstance(layer, keras.layers.BatchNormalization)
     ]
 
@@ -891,46 +908,48 @@ class TrainResult:
     step: int
     metrics: dict
     history: list
-    keras_path: Optional[str] = None
-    saved_model_path: Optional[str] = None
-    curves_path: Optional[str] = None
-    model: Optional[keras.Model] = None
+    keras_path: str | None = None
+    saved_model_path: str | None = None
+    curves_path: str | None = None
+    model: keras.Model | None = None
 
 
 def _fixed_steps_eval_dataset_fn(pipeline, global_batch, steps):
-    """Eval batches padded so that every replica runs exactly `steps`.
+    """Eval batches padded so that every replica runs the same steps.
 
     `InputPipeline` pads each input pipeline's shard to whole per-replica
     batches; with several replicas or pipelines their counts can differ.
     Appending batches of padding rows (weight 0) and taking exactly
-    `steps * replicas_per_pipeline` keeps the shapes static for TPUs and
-    every replica in step, and no real example is dropped as long as no
-    shard exceeds `steps` global batches (checked after evaluation).
+    `steps * replicas_per_pipeline` batches keeps the shapes static for
+    TPUs and every replica in step. The step count, which depends on the
+    number of pipelines, is stored in `steps["count"]`. No real example is
+    dropped unless a shard holds more than its share (checked after
+    evaluation).
     """
 
-    def fn(context=None):
+    def fn(context):
         ds = pipeline.dataset(False, global_batch, context)
-        replicas = 1
-        batch = global_batch
-        if context is not None:
-            replicas = (
-                context.num_replicas_in_sync // context.num_input_pipelines
-            )
-            batch = context.get_per_replica_batch_size(global_batch)
+        replicas = context.num_replicas_in_sync // context.num_input_pipelines
+        batch = context.get_per_replica_batch_size(global_batch)
+        steps["count"] = evaluation_steps(
+            pipeline.num_examples(False),
+            global_batch,
+            context.num_input_pipelines,
+        )
         size = pipeline.config.image_size
-        padding = tf.data.Dataset.from_tensors((
-            tf.zeros([batch, size, size, 3], tf.uint8),
-            tf.zeros([batch], tf.int32),
-            tf.zeros([batch], tf.float32),
-        )).repeat()
+        padding = tf.data.Dataset.from_tensors(
+            (
+                tf.zeros([batch, size, size, 3], tf.uint8),
+                tf.zeros([batch], tf.int32),
+                tf.zeros([batch], tf.float32),
+            )
+        ).repeat()
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = (
             tf.data.experimental.AutoShardPolicy.OFF
         )
-        return (
-            ds.concatenate(padding).take(steps * replicas)
-            .with_options(options)
-        )
+        ds = ds.concatenate(padding).take(steps["count"] * replicas)
+        return ds.with_options(options)
 
     return fn
 
@@ -970,28 +989,23 @@ class Evaluator:
             Defaults to True.
     """
 
-    def __init__(self, model, pipeline, strategy, batch_size,
-                 from_logits=True):
+    def __init__(self, model, pipeline, strategy, batch_size, from_logits=True):
         self.model = model
         self.from_logits = from_logits
         self.pipeline = pipeline
         self.strategy = strategy
         self.num_examples = pipeline.num_examples(False)
-        pipelines = strategy.extended._num_workers if hasattr(
-            strategy.extended, "_num_workers"
-        ) else 1
         replicas = strategy.num_replicas_in_sync
         if batch_size % replicas:
             raise ValueError(
                 f"The evaluation batch size must be divisible by the "
                 f"{replicas} replicas. Received: batch_size={batch_size}"
             )
-        self.steps = evaluation_steps(
-            self.num_examples, batch_size, max(1, pipelines)
-        )
+        steps = {}
         self._dataset = strategy.distribute_datasets_from_function(
-            _fixed_steps_eval_dataset_fn(pipeline, batch_size, self.steps)
+            _fixed_steps_eval_dataset_fn(pipeline, batch_size, steps)
         )
+        self.steps = steps["count"]
         self._loop = tf.function(self._eval_loop)
 
     def _eval_step(self, images, labels, weights):
@@ -1010,12 +1024,14 @@ class Evaluator:
             )
         else:
             loss = -tf.math.log(tf.maximum(label_logit, 1e-7))
-        return tf.stack([
-            tf.reduce_sum(weights * tf.cast(rank < 1, tf.float32)),
-            tf.reduce_sum(weights * tf.cast(rank < 5, tf.float32)),
-            tf.reduce_sum(weights * loss),
-            tf.reduce_sum(weights),
-        ])
+        return tf.stack(
+            [
+                tf.reduce_sum(weights * tf.cast(rank < 1, tf.float32)),
+                tf.reduce_sum(weights * tf.cast(rank < 5, tf.float32)),
+                tf.reduce_sum(weights * loss),
+                tf.reduce_sum(weights),
+            ]
+        )
 
     def _eval_loop(self, iterator, steps):
         totals = tf.zeros([4])
@@ -1032,7 +1048,7 @@ class Evaluator:
         """Returns `{"top1", "top5", "loss", "examples", "bad_images"}`."""
         totals = self._loop(iter(self._dataset), tf.constant(self.steps))
         top1, top5, loss, count = (float(t) for t in totals.numpy())
-        examples = int(round(count))
+        examples = round(count)
         if examples != self.num_examples:
             print(
                 f"WARNING: evaluated {examples} of {self.num_examples} "
@@ -1087,8 +1103,7 @@ class BatchNormRecalibration:
                 args=(images,),
             )
 
-    def run(self, iterator, num_steps, steps_per_execution=10,
-            verbose=False):
+    def run(self, iterator, num_steps, steps_per_execution=10, verbose=False):
         """Averages the statistics of `num_steps` batches of `iterator`.
 
         Args:
@@ -1141,13 +1156,10 @@ class Trainer:
     def __init__(self, config, strategy=None, verbose=True):
         config = resolve_config(config)
         self.config = config
-        self.strategy = strategy or create_strategy(
-            config.strategy, config.tpu
-        )
+        self.strategy = strategy or create_strategy(config.strategy, config.tpu)
         self.chief = is_chief(self.strategy)
         self.verbose = verbose and self.chief
         self.policy = precision_policy(config.precision, self.strategy)
-        keras.config.set_dtype_policy(self.policy)
         keras.utils.set_random_seed(config.train.seed)
 
         self.pipeline = data_lib.InputPipeline(config.data)
@@ -1174,24 +1186,31 @@ class Trainer:
             self.total_steps - 1,
         )
         self.peak_lr = scaled_learning_rate(
-            config.optimizer.lr, self.global_batch,
+            config.optimizer.lr,
+            self.global_batch,
             config.optimizer.reference_batch_size,
         )
         self.schedule = LinearDecay(
             self.peak_lr, self.total_steps, self.warmup_steps
         )
         self.steps_per_execution = train_cfg.steps_per_execution or (
-            100 if isinstance(self.strategy, tf.distribute.TPUStrategy)
-            else 10
+            100 if isinstance(self.strategy, tf.distribute.TPUStrategy) else 10
         )
-        self.recalibration_steps = int(
-            round(train_cfg.bn_recalibration_epochs * self.steps_per_epoch)
+        self.recalibration_steps = round(
+            train_cfg.bn_recalibration_epochs * self.steps_per_epoch
         )
 
         with self.strategy.scope():
-            self.model = build_model(
-                config.model, self.num_classes, config.data.image_size
-            )
+            # Layers take the dtype policy when built; restore the global
+            # one afterwards.
+            previous_policy = keras.config.dtype_policy()
+            keras.config.set_dtype_policy(self.policy)
+            try:
+                self.model = build_model(
+                    config.model, self.num_classes, config.data.image_size
+                )
+            finally:
+                keras.config.set_dtype_policy(previous_policy)
             optimizer = keras.optimizers.SGD(
                 learning_rate=self.schedule,
                 momentum=config.optimizer.momentum,
@@ -1201,21 +1220,21 @@ class Trainer:
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
             optimizer.build(self.model.trainable_variables)
             self.optimizer = optimizer
-        # Host-side flag, only read and set eagerly (no TPU bool variable).
-        self.recalibrated = tf.Variable(
-            False, trainable=False, name="bn_recalibrated"
+        # The step at which the BN statistics were last re-estimated (-1:
+        # never); a run resumed and trained further must do it again.
+        # Host-side, only read and set eagerly.
+        self.recalibrated_at = tf.Variable(
+            -1, dtype=tf.int64, trainable=False, name="bn_recalibrated_at"
         )
-        self._decayed = {
-            id(v) for v in weight_decay_variables(self.model)
-        }
         self._moving_stats = [
-            v for layer in batch_norm_layers(self.model)
+            v
+            for layer in batch_norm_layers(self.model)
             for v in (layer.moving_mean, layer.moving_variance)
         ]
         self.checkpoint = tf.train.Checkpoint(
             model=self.model,
             optimizer=self.optimizer,
-            bn_recalibrated=self.recalibrated,
+            bn_recalibrated_at=self.recalibrated_at,
         )
         self.checkpoint_dir = os.path.join(config.model_dir, "checkpoints")
         if self.chief:
@@ -1226,20 +1245,21 @@ class Trainer:
             manager_dir = tempfile.mkdtemp(prefix="shufflenet_worker_ckpt_")
         self._manager_dir = manager_dir
         self.manager = tf.train.CheckpointManager(
-            self.checkpoint, manager_dir,
+            self.checkpoint,
+            manager_dir,
             max_to_keep=train_cfg.keep_checkpoints,
         )
         self.evaluator = Evaluator(
-            self.model, self.pipeline, self.strategy,
+            self.model,
+            self.pipeline,
+            self.strategy,
             train_cfg.eval_batch_size or self.global_batch,
         )
         self._train_dataset = self.strategy.distribute_datasets_from_function(
             self.pipeline.dataset_fn(True, self.global_batch)
         )
         self._train_loop = tf.function(self._train_chunk)
-        self._recalibration = BatchNormRecalibration(
-            self.model, self.strategy
-        )
+        self._recalibration = BatchNormRecalibration(self.model, self.strategy)
         self._sync_fn = tf.function(self._sync_moving_statistics)
         self.history = []
 
@@ -1268,17 +1288,24 @@ class Trainer:
             # Gradients are summed over replicas: divide by the global
             # batch, and the weight penalty by the number of replicas.
             loss = tf.reduce_sum(per_example) / self.global_batch
-            loss += weight_decay_loss(
-                self.model, self.config.optimizer.weight_decay
-            ) / replicas
+            loss += (
+                weight_decay_loss(
+                    self.model, self.config.optimizer.weight_decay
+                )
+                / replicas
+            )
             scaled = self.optimizer.scale_loss(loss)
         variables = self.model.trainable_variables
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply(grads, variables)
-        correct = tf.reduce_sum(tf.cast(
-            tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), labels),
-            tf.float32,
-        ))
+        correct = tf.reduce_sum(
+            tf.cast(
+                tf.equal(
+                    tf.argmax(logits, axis=1, output_type=tf.int32), labels
+                ),
+                tf.float32,
+            )
+        )
         count = tf.cast(tf.shape(labels)[0], tf.float32)
         return tf.stack([tf.reduce_sum(per_example), correct, count])
 
@@ -1307,9 +1334,7 @@ class Trainer:
             tf.distribute.ReduceOp.MEAN, local, axis=None
         )
         sizes = [int(np.prod(v.shape)) for v in self._moving_stats]
-        for variable, part in zip(
-            self._moving_stats, tf.split(mean, sizes)
-        ):
+        for variable, part in zip(self._moving_stats, tf.split(mean, sizes)):
             variable.assign(tf.reshape(part, variable.shape))
 
     def sync_moving_statistics(self):
@@ -1375,11 +1400,16 @@ class Trainer:
         if tf.train.latest_checkpoint(self.checkpoint_dir) is None:
             return
         saved = load_config(path)
-        if saved.model != self.config.model:
+        # The group conv lowering and BN synchronisation keep the same
+        # weights, so a run may resume with another choice of either.
+        fields = ("scale", "groups", "se", "shallow", "shuffle")
+        before = {f: getattr(saved.model, f) for f in fields}
+        now = {f: getattr(self.config.model, f) for f in fields}
+        if before != now:
             raise ValueError(
                 f"model_dir={self.config.model_dir!r} holds checkpoints of "
-                f"another model ({saved.model}); this run is "
-                f"{self.config.model}. Use a new `model_dir`."
+                f"another model ({before}); this run is {now}. Use a new "
+                "`model_dir`."
             )
 
     def _log(self, text):
@@ -1432,7 +1462,7 @@ class Trainer:
             self._train(iterator, start)
             if (
                 self.recalibration_steps
-                and not bool(self.recalibrated.numpy())
+                and int(self.recalibrated_at.numpy()) != self.step
             ):
                 self._recalibrate(iterator)
                 metrics = self._evaluate_and_record(final=True)
@@ -1444,7 +1474,9 @@ class Trainer:
             writer.flush()
 
         result = TrainResult(
-            step=self.step, metrics=metrics, history=self.history,
+            step=self.step,
+            metrics=metrics,
+            history=self.history,
             model=self.model,
         )
         self._log(
@@ -1455,13 +1487,15 @@ class Trainer:
             f"Training took {time.time() - start:.0f} s."
             + (
                 f" The paper reports {config.paper_top1_error}% top-1 error."
-                if config.paper_top1_error is not None else ""
+                if config.paper_top1_error is not None
+                else ""
             )
         )
         if self.chief and config.export:
             result.curves_path = os.path.join(model_dir, "curves.png")
-            plot_history(self.history, result.curves_path,
-                         title=self.model.name)
+            plot_history(
+                self.history, result.curves_path, title=self.model.name
+            )
             result.keras_path, result.saved_model_path = self.export()
             self._log(
                 f"Exported the model to {result.keras_path} and the "
@@ -1482,8 +1516,7 @@ class Trainer:
             (step // spe + 1) * spe,
             (step // train_cfg.checkpoint_every_steps + 1)
             * train_cfg.checkpoint_every_steps,
-            (step // train_cfg.log_every_steps + 1)
-            * train_cfg.log_every_steps,
+            (step // train_cfg.log_every_steps + 1) * train_cfg.log_every_steps,
             step + self.steps_per_execution,
         ]
         return min(candidates)
@@ -1500,9 +1533,7 @@ class Trainer:
             if progbar is None and self.verbose:
                 print(f"Epoch {epoch + 1}/{num_epochs}", flush=True)
                 target = min(spe, self.total_steps - epoch * spe)
-                progbar = keras.utils.Progbar(
-                    target, stateful_metrics=["lr"]
-                )
+                progbar = keras.utils.Progbar(target, stateful_metrics=["lr"])
             num = self._boundaries(step) - step
             totals = self._train_loop(iterator, tf.constant(num)).numpy()
             loss = totals[0] / max(totals[2], 1.0)
@@ -1521,8 +1552,11 @@ class Trainer:
             if progbar is not None:
                 progbar.update(
                     step - epoch * spe,
-                    [("loss", loss), ("top1", totals[1] / totals[2]),
-                     ("lr", lr)],
+                    [
+                        ("loss", loss),
+                        ("top1", totals[1] / totals[2]),
+                        ("lr", lr),
+                    ],
                 )
             if step % train_cfg.log_every_steps == 0 or (
                 step % spe == 0 or step == self.total_steps
@@ -1537,14 +1571,16 @@ class Trainer:
             if end_of_epoch:
                 progbar = None
                 self._evaluate_and_record(
-                    train_loss=window_loss, train_top1=window_top1,
+                    train_loss=window_loss,
+                    train_top1=window_top1,
                     elapsed=time.time() - start,
                 )
             if end_of_epoch or step % train_cfg.checkpoint_every_steps == 0:
                 self.save()
 
-    def _evaluate_and_record(self, final=False, train_loss=None,
-                             train_top1=None, elapsed=None):
+    def _evaluate_and_record(
+        self, final=False, train_loss=None, train_top1=None, elapsed=None
+    ):
         self.sync_moving_statistics()
         metrics = self.evaluator.evaluate()
         step = self.step
@@ -1554,15 +1590,17 @@ class Trainer:
         _summary_scalar(f"{tag}/loss", metrics["loss"], step)
         _summary_scalar("data/bad_images", metrics["bad_images"], step)
         epoch = step / self.steps_per_epoch
-        self.history.append({
-            "step": step,
-            "epoch": epoch,
-            "final": final,
-            "learning_rate": float(self.schedule(max(step - 1, 0))),
-            "train_loss": None if train_loss is None else float(train_loss),
-            "train_top1": None if train_top1 is None else float(train_top1),
-            "eval": metrics,
-        })
+        self.history.append(
+            {
+                "step": step,
+                "epoch": epoch,
+                "final": final,
+                "learning_rate": float(self.schedule(max(step - 1, 0))),
+                "train_loss": None if train_loss is None else float(train_loss),
+                "train_top1": None if train_top1 is None else float(train_top1),
+                "eval": metrics,
+            }
+        )
         label = "after BN re-estimation" if final else f"epoch {epoch:.4g}"
         bad = metrics["bad_images"]
         self._log(
@@ -1580,10 +1618,12 @@ class Trainer:
             "training batches."
         )
         self._recalibration.run(
-            iterator, self.recalibration_steps, self.steps_per_execution,
+            iterator,
+            self.recalibration_steps,
+            self.steps_per_execution,
             verbose=self.verbose,
         )
-        self.recalibrated.assign(True)
+        self.recalibrated_at.assign(self.step)
 
     def export(self):
         """Writes `<model_dir>/export/<name>.keras` and a SavedModel.
@@ -1592,7 +1632,9 @@ class Trainer:
             `(keras_path, saved_model_dir)`.
         """
         model = export_model(
-            self.model, self.config.model, self.num_classes,
+            self.model,
+            self.config.model,
+            self.num_classes,
             self.config.data.image_size,
         )
         export_dir = os.path.join(self.config.model_dir, "export")
@@ -1648,17 +1690,25 @@ def plot_history(history, path, title=""):
     axes[0].plot(x, [h["train_loss"] for h in epochs], label="train")
     axes[0].plot(x, [h["eval"]["loss"] for h in epochs], label="eval")
     axes[0].set_title("Cross-entropy loss")
-    axes[1].plot(x, [100 * (h["train_top1"] or 0) for h in epochs],
-                 label="train top-1")
-    axes[1].plot(x, [100 * h["eval"]["top1"] for h in epochs],
-                 label="eval top-1")
-    axes[1].plot(x, [100 * h["eval"]["top5"] for h in epochs],
-                 label="eval top-5")
+    axes[1].plot(
+        x, [100 * (h["train_top1"] or 0) for h in epochs], label="train top-1"
+    )
+    axes[1].plot(
+        x, [100 * h["eval"]["top1"] for h in epochs], label="eval top-1"
+    )
+    axes[1].plot(
+        x, [100 * h["eval"]["top5"] for h in epochs], label="eval top-5"
+    )
     for h in history:
         if h["final"]:
-            axes[1].scatter([h["epoch"]], [100 * h["eval"]["top1"]],
-                            marker="*", s=120, color="k",
-                            label="top-1 after BN re-estimation")
+            axes[1].scatter(
+                [h["epoch"]],
+                [100 * h["eval"]["top1"]],
+                marker="*",
+                s=120,
+                color="k",
+                label="top-1 after BN re-estimation",
+            )
     axes[1].set_title("Accuracy (%)")
     axes[2].plot(x, [h["learning_rate"] for h in epochs])
     axes[2].set_title("Learning rate (end of epoch)")
@@ -1713,7 +1763,8 @@ def evaluate_model(model_path, config, strategy=None):
         elif path.endswith(".weights.h5"):
             model = build_model(
                 dataclasses.replace(config.model, sync_batch_norm=False),
-                pipeline.num_classes, size,
+                pipeline.num_classes,
+                size,
             )
             from keras_shufflenet.shufflenet import load_weights
 
@@ -1736,7 +1787,9 @@ def evaluate_model(model_path, config, strategy=None):
             f"{pipeline.num_classes} classes."
         )
     evaluator = Evaluator(
-        model, pipeline, strategy,
+        model,
+        pipeline,
+        strategy,
         config.train.eval_batch_size or config.train.batch_size,
         from_logits=not _returns_probabilities(model),
     )
@@ -1781,7 +1834,8 @@ def define_config_flags(default_recipe, flag_values=None):
 
     flag_values = flag_values or flags.FLAGS
     flags.DEFINE_string(
-        "recipe", default_recipe,
+        "recipe",
+        default_recipe,
         "Recipe name (a file in recipes/configs without .py) or path of a "
         "Python file defining get_config().",
         flag_values=flag_values,
@@ -1790,7 +1844,8 @@ def define_config_flags(default_recipe, flag_values=None):
         base = _strip_optional(hint)
         type_name = getattr(base, "__name__", str(base))
         flags.DEFINE_string(
-            name, None,
+            name,
+            None,
             f"Overrides the recipe's {name} ({type_name}; default of the "
             f"dataclass: {default!r}).",
             flag_values=flag_values,
@@ -1804,7 +1859,8 @@ def recipe_path(recipe, configs_dir):
     path = os.path.join(configs_dir, f"{recipe}.py")
     if not os.path.isfile(path):
         names = sorted(
-            f[:-3] for f in os.listdir(configs_dir)
+            f[:-3]
+            for f in os.listdir(configs_dir)
             if f.endswith(".py") and not f.startswith("_")
         )
         raise ValueError(
@@ -1833,7 +1889,7 @@ def config_from_flags(configs_dir, flag_values=None):
     config = load_recipe(recipe_path(recipe, configs_dir))
     if not config.model_dir:
         name = os.path.basename(recipe)
-        name = name[:-3] if name.endswith(".py") else name
+        name = name.removesuffix(".py")
         config.model_dir = os.path.join("runs", name)
     overrides = {
         name: flag_values[name].value

@@ -14,14 +14,15 @@ import json
 import os
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from keras_shufflenet import training  # noqa: E402
+from keras_shufflenet import training
 
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+CONFIGS_DIR = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "configs"
+)
 flags.DEFINE_string(
     "model_path", None, "A .keras model or a .weights.h5 file.", required=True
 )
@@ -35,6 +36,8 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO chatter.
     config = training.config_from_flags(CONFIGS_DIR)
     metrics = training.evaluate_model(FLAGS.model_path, config)
     print(

@@ -15,15 +15,16 @@ saved as `config.json` beside the checkpoints. See recipes/README.md.
 import os
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags, logging
 
 # Runnable from a source checkout without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from keras_shufflenet import training  # noqa: E402
+from keras_shufflenet import training
 
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+CONFIGS_DIR = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "configs"
+)
 training.define_config_flags(default_recipe="quickstart_digits")
 FLAGS = flags.FLAGS
 
@@ -31,6 +32,8 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO chatter.
     config = training.config_from_flags(CONFIGS_DIR)
     try:
         training.train(config)

@@ -12,9 +12,9 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from keras_shufflenet import training  # noqa: E402
+from keras_shufflenet import training
 
 
 def main(config_json, output_npz):
@@ -25,8 +25,9 @@ def main(config_json, output_npz):
         f"{i:04d}_{w.path}": w.numpy()
         for i, w in enumerate(result.model.weights)
     }
-    np.savez(output_npz, step=result.step, top1=result.metrics["top1"],
-             **weights)
+    np.savez(
+        output_npz, step=result.step, top1=result.metrics["top1"], **weights
+    )
 
 
 if __name__ == "__main__":
