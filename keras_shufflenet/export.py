@@ -298,6 +298,22 @@ def _check_images(images, size, argument):
     return images
 
 
+def _pin_pixel_range(images):
+    """Makes the calibrated input range exactly [0, 255].
+
+    The converter quantizes the input with the range it sees. With one
+    pixel of one image set to 0 and another to 255, an int8 input has
+    scale 1 and zero point -128 and a uint8 input scale 1 and zero point
+    0: a camera frame goes in unchanged (int8: its bytes XOR 0x80), not
+    rescaled by a range that depends on the calibration sample. Two pixels
+    barely move the activation ranges downstream.
+    """
+    first = np.array(images[0], copy=True)
+    first[0, 0] = 0
+    first[-1, -1] = 255
+    return np.concatenate([first[np.newaxis], images[1:]])
+
+
 def _representative_dataset(images):
     def generate():
         for image in images:
@@ -387,6 +403,8 @@ def _converter(saved_model_dir, mode, images, input_type, output_type,
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     elif mode == "int8":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if input_type != "float32":
+            images = _pin_pixel_range(images)
         converter.representative_dataset = _representative_dataset(images)
         converter.target_spec.supported_ops = [
             tf.lite.OpsSet.TFLITE_BUILTINS_INT8
@@ -725,8 +743,10 @@ def convert(
             evaluation pipeline, e.g. `calibration_images(config)`.
         num_calibration_images: Images of `calibration_data` used.
             Defaults to 300.
-        input_type: For "int8": "float32", "int8" or "uint8" (camera frames
-            go straight in). Defaults to "float32".
+        input_type: For "int8": "float32", "int8" or "uint8". Integer
+            inputs are pixel values: the calibrated input range is pinned
+            to [0, 255], so a uint8 frame goes in unchanged (scale 1) and
+            an int8 input is the frame minus 128. Defaults to "float32".
         output_type: For "int8": "float32" or "int8". Defaults to
             "float32".
         per_channel: Per-channel weight scales for int8. Defaults to True.
@@ -782,8 +802,10 @@ def quantize_with_ai_edge_quantizer(
 
     The LiteRT documentation recommends this quantizer over the
     converter's built-in quantization. Its `static_wi8_ai8` recipe gives
-    int8 weights (per channel) and int8 activations, keeping float32 model
-    inputs and outputs.
+    int8 weights (per channel) and int8 activations, and (v0.10) int8
+    model input and output too, with the input scale taken from the
+    calibration range rather than fixed to pixel steps. It does not run
+    the converter's checks, so check `xnnpack_scale_violations`.
 
     Args:
         float_tflite: Bytes or path of a float32 model from `convert`.

@@ -60,7 +60,7 @@ _OUTPUT_TYPE = flags.DEFINE_enum(
 _QUANTIZER = flags.DEFINE_enum(
     "quantizer", "converter", ["converter", "ai_edge_quantizer"],
     "int8 mode: the TFLite converter's quantization, or the LiteRT AI Edge "
-    "Quantizer (static_wi8_ai8 on the float32 model; float I/O).",
+    "Quantizer (static_wi8_ai8 on the float32 model; int8 I/O).",
 )
 _PER_CHANNEL = flags.DEFINE_bool(
     "per_channel", True, "int8 mode: per-channel weight scales."
