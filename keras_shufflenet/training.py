@@ -13,6 +13,7 @@ Reference:
 import contextlib
 import dataclasses
 import importlib.util
+import io
 import json
 import math
 import os
@@ -418,9 +419,12 @@ def parse_field_value(name, hint, text):
     except ValueError:
         pass
     expected = getattr(base, "__name__", str(base))
+    if optional:
+        expected = f"optional {expected}"
+    article = "an" if expected[0] in "aeiou" else "a"
     raise ValueError(
-        f"`{name}` expects {'an optional ' if optional else 'a '}{expected}"
-        f" value. Received: {name}={text!r}"
+        f"`{name}` expects {article} {expected} value. Received: "
+        f"{name}={text!r}"
     )
 
 
@@ -595,10 +599,13 @@ def _summary_scalar(tag, value, step):
     )
 
 
-def _write_atomic(path, text):
+def _write_atomic(path, content):
+    """Writes text or bytes to a temporary file, then renames it."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(text)
+    with tf.io.gfile.GFile(
+        tmp, "wb" if isinstance(content, bytes) else "w"
+    ) as f:
+        f.write(content)
     tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
@@ -1650,8 +1657,12 @@ class Trainer:
 
 @contextlib.contextmanager
 def _atomic_path(path):
-    """Yields a temporary local path that replaces `path` on success."""
-    if "://" in path:  # Object stores publish an object atomically.
+    """Yields a temporary local path that replaces `path` on success.
+
+    Remote paths (`gs://...`) are yielded as they are: Keras and TF write
+    there directly, and object stores publish each object atomically.
+    """
+    if "://" in path:
         yield path
         return
     parent = os.path.dirname(os.path.abspath(path))
@@ -1719,9 +1730,10 @@ def plot_history(history, path, title=""):
     axes[1].legend(loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
-    with _atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
+    _write_atomic(path, buffer.getvalue())
 
 
 def _returns_probabilities(model):

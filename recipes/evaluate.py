@@ -30,6 +30,7 @@ flags.DEFINE_string(
     "output_json", None, "Optional file to write the metrics to as JSON."
 )
 training.define_config_flags(default_recipe="quickstart_digits")
+flags.adopt_module_key_flags(training)
 FLAGS = flags.FLAGS
 
 
@@ -38,7 +39,10 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO chatter.
-    config = training.config_from_flags(CONFIGS_DIR)
+    try:
+        config = training.config_from_flags(CONFIGS_DIR)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        raise app.UsageError(str(e)) from None
     metrics = training.evaluate_model(FLAGS.model_path, config)
     print(
         f"{FLAGS.model_path}: top-1 accuracy {metrics['top1']:.2%} (error "

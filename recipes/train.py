@@ -26,6 +26,7 @@ CONFIGS_DIR = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "configs"
 )
 training.define_config_flags(default_recipe="quickstart_digits")
+flags.adopt_module_key_flags(training)
 FLAGS = flags.FLAGS
 
 
@@ -34,7 +35,10 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO chatter.
-    config = training.config_from_flags(CONFIGS_DIR)
+    try:
+        config = training.config_from_flags(CONFIGS_DIR)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        raise app.UsageError(str(e)) from None
     try:
         training.train(config)
     except training.NonFiniteLossError as e:
