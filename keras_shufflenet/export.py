@@ -1202,7 +1202,8 @@ def format_report(report, title=None):
         )
         lines.append(
             "  XNNPACK         FAILS TO PREPARE: requantization scale >= "
-            f"256 in {layers or 'unknown ops'}; try float_layers=['auto']"
+            f"256 in {layers or 'unknown ops'}; convert with "
+            "float_layers=['auto']"
         )
     else:
         left = ", ".join(f"{k} x{v}" for k, v in x["ops_left_out"].items())

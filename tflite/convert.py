@@ -216,5 +216,12 @@ def main(argv):
         print(f"Per-layer quantization error: {_DEBUG_CSV.value}")
 
 
+def _main_with_clear_errors(argv):
+    try:
+        return main(argv)
+    except (FileNotFoundError, ValueError) as e:  # Bad flags or files.
+        sys.exit(f"ERROR: {e}")
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(_main_with_clear_errors)
