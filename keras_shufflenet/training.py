@@ -893,6 +893,32 @@ def export_model(model, model_config, num_classes, image_size):
 # ---------------------------------------------------------------------------
 
 
+def apply_gradients(optimizer, grads, variables):
+    """Applies one replica's gradients with a Keras 3 optimizer.
+
+    Call it inside `strategy.run`. The optimizer sums the gradients over
+    replicas. A `LossScaleOptimizer` on several replicas first gets the
+    replicas' mean: Keras decides whether to skip an overflowed step from
+    the first replica's own gradients, before the sum, and would otherwise
+    apply a sum that another replica's overflow made infinite. Given the
+    mean on every replica, the decision is global and the optimizer's sum
+    of equal means is the true sum.
+
+    Args:
+        optimizer: A Keras optimizer, possibly a `LossScaleOptimizer`.
+        grads: This replica's gradients (of the scaled loss).
+        variables: The variables they belong to.
+    """
+    context = tf.distribute.get_replica_context()
+    if (
+        isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        and context is not None
+        and context.num_replicas_in_sync > 1
+    ):
+        grads = context.all_reduce(tf.distribute.ReduceOp.MEAN, grads)
+    optimizer.apply(grads, variables)
+
+
 class NonFiniteLossError(FloatingPointError):
     """Raised when the training loss becomes NaN or infinite."""
 
@@ -1304,7 +1330,7 @@ class Trainer:
             scaled = self.optimizer.scale_loss(loss)
         variables = self.model.trainable_variables
         grads = tape.gradient(scaled, variables)
-        self.optimizer.apply(grads, variables)
+        apply_gradients(self.optimizer, grads, variables)
         correct = tf.reduce_sum(
             tf.cast(
                 tf.equal(

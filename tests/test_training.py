@@ -222,6 +222,47 @@ def test_bn_recalibration_sets_statistics_to_average_of_batches():
     assert bn.momentum == 0.9
 
 
+@pytest.fixture(scope="module")
+def mirrored():
+    # One strategy per process: two MirroredStrategy objects over the same
+    # CPUs can hand out clashing collective instance keys.
+    strategy = training.create_strategy("mirrored")
+    assert strategy.num_replicas_in_sync == 2
+    return strategy
+
+
+def test_loss_scaled_step_is_skipped_when_any_replica_overflows(mirrored):
+    strategy = mirrored
+    with strategy.scope():
+        weight = keras.Variable(np.ones(3, "float32"))
+        optimizer = keras.optimizers.LossScaleOptimizer(
+            keras.optimizers.SGD(0.1), initial_scale=8.0
+        )
+        optimizer.build([weight])
+
+    @tf.function
+    def step(overflow):
+        def replica_fn():
+            context = tf.distribute.get_replica_context()
+            # Replica 0's gradient is finite; replica 1's may overflow.
+            bad = tf.logical_and(
+                context.replica_id_in_sync_group == 1, overflow
+            )
+            grad = tf.where(bad, np.inf, 8.0) * tf.ones(3)
+            training.apply_gradients(optimizer, [grad], [weight])
+
+        strategy.run(replica_fn)
+
+    step(tf.constant(True))
+    np.testing.assert_array_equal(weight.numpy(), np.ones(3))
+    assert int(optimizer.iterations.numpy()) == 0
+    assert float(optimizer.dynamic_scale.numpy()) == 4.0
+    step(tf.constant(False))
+    # Mean unscaled gradient 8 / 4 = 2 on both replicas, summed: 4.
+    np.testing.assert_allclose(weight.numpy(), np.full(3, 1.0 - 0.1 * 4.0))
+    assert int(optimizer.iterations.numpy()) == 1
+
+
 def test_sync_batch_norm_flag_synchronizes_every_bn_layer():
     config = training.ModelConfig(scale=0.25, shallow=True)
     plain = training.build_model(config, 10, 32)
@@ -285,15 +326,22 @@ def test_exported_model_reproduces_the_trained_model(cpu_run):
         assert png.size == (1400, 400)
 
 
-def test_mirrored_two_cpu_replicas_keep_identical_copies(tmp_path):
-    strategy = training.create_strategy("mirrored")
-    assert strategy.num_replicas_in_sync == 2
-    trainer = training.Trainer(
-        tiny_config(tmp_path, strategy="mirrored"), strategy, verbose=False
+def test_mirrored_float16_loss_scaling_skips_overflows_on_all_replicas(
+    tmp_path, mirrored
+):
+    strategy = mirrored
+    config = tiny_config(
+        tmp_path, strategy="mirrored", precision="mixed_float16"
     )
+    trainer = training.Trainer(config, strategy, verbose=False)
+    assert isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer)
+    # No NonFiniteLossError: no replica applied an overflowed step.
     result = trainer.fit()
     assert result.step == 6
+    # Steps did overflow at the initial scale 2**15 and were skipped.
+    assert float(trainer.optimizer.dynamic_scale.numpy()) < 2.0**15
     assert result.metrics["examples"] == DIGITS_EVAL
+    assert np.isfinite(result.metrics["loss"])
     for weight in trainer.model.weights:
         copies = [v.numpy() for v in weight.value.values]
         assert len(copies) == 2
