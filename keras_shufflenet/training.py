@@ -1726,6 +1726,9 @@ def plot_history(history, path, title=""):
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     axes[0].plot(x, [h["train_loss"] for h in epochs], label="train")
     axes[0].plot(x, [h["eval"]["loss"] for h in epochs], label="eval")
+    # Early evaluations, with BN statistics still settling, can be orders
+    # of magnitude above the rest.
+    axes[0].set_yscale("log")
     axes[0].set_title("Cross-entropy loss")
     axes[1].plot(
         x, [100 * (h["train_top1"] or 0) for h in epochs], label="train top-1"
