@@ -773,15 +773,21 @@ def create_strategy(name, tpu=""):
 def precision_policy(precision, strategy):
     """Resolves `"auto"` to a Keras dtype policy name for the strategy.
 
+    Args:
+        precision: `"auto"` or a Keras dtype policy name.
+        strategy: The strategy that will train.
+
     Returns:
-        `"mixed_bfloat16"` on TPU, `"mixed_float16"` with GPUs, else
-        `"float32"`, or `precision` itself when it is not `"auto"`.
+        `"mixed_bfloat16"` on TPU, `"mixed_float16"` when the strategy
+        trains on GPUs, else `"float32"`; `precision` itself when it is not
+        `"auto"`.
     """
     if precision != "auto":
         return precision
     if isinstance(strategy, tf.distribute.TPUStrategy):
         return "mixed_bfloat16"
-    if tf.config.list_logical_devices("GPU"):
+    devices = strategy.extended.worker_devices
+    if any("GPU" in device.upper() for device in devices):
         return "mixed_float16"
     return "float32"
 
