@@ -39,6 +39,8 @@ setuptools.setup(
     extras_require={
         # Reading the official PyTorch checkpoints. 2.13.0 is the CPU build.
         "torch": ["torch==2.13.0"],
+        # The LiteRT quantizer, an alternative to the converter's int8.
+        "quantizer": ["ai-edge-quantizer==0.10.0"],
         "test": [
             "pytest>=8",
             "pytest-xdist>=3",
