@@ -235,6 +235,8 @@ class _Rewriter:
         self.shuffle_copies = {}  # Original shuffle -> its copy.
 
     def clone(self, layer):
+        if not isinstance(layer, keras.layers.Layer):
+            return layer  # A stateless op such as `x + y` in the graph.
         weights = None
         if layer in self.permuted:
             shuffle = self.permuted[layer]
