@@ -19,3 +19,18 @@ try:
     )
 except RuntimeError:  # Devices were initialised already.
     pass
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def mirrored_strategy():
+    """One MirroredStrategy over the two logical CPUs per test process.
+
+    Two MirroredStrategy objects over the same devices in one process can
+    hand out clashing collective instance keys, so every test shares this.
+    """
+    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
+    assert len(devices) == 2
+    return tf.distribute.MirroredStrategy(devices)

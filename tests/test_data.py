@@ -226,10 +226,12 @@ def test_two_input_pipelines_cover_every_file_exactly_once(tmp_path):
     assert len(seen[0]) + len(seen[1]) == 11
 
 
-def test_dataset_fn_feeds_distribute_datasets_from_function(tmp_path):
+def test_dataset_fn_feeds_distribute_datasets_from_function(
+    tmp_path, mirrored_strategy
+):
     fx.write_folder(tmp_path, {"a": 4, "b": 4})
     pipeline = data.InputPipeline(_folder_config(str(tmp_path)))
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = mirrored_strategy
     dataset = strategy.distribute_datasets_from_function(
         pipeline.dataset_fn(training=True, global_batch_size=4)
     )

@@ -475,10 +475,8 @@ def test_fit_with_jit_compile():
     assert np.all(np.isfinite(history.history["loss"]))
 
 
-def test_fit_under_mirrored_strategy_on_two_logical_cpus():
-    devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
-    assert len(devices) == 2
-    strategy = tf.distribute.MirroredStrategy(devices)
+def test_fit_under_mirrored_strategy_on_two_logical_cpus(mirrored_strategy):
+    strategy = mirrored_strategy
     with strategy.scope():
         model = tiny(shallow=True, groups=2)
         model.compile(keras.optimizers.SGD(0.01),

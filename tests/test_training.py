@@ -222,13 +222,11 @@ def test_bn_recalibration_sets_statistics_to_average_of_batches():
     assert bn.momentum == 0.9
 
 
-@pytest.fixture(scope="module")
-def mirrored():
-    # One strategy per process: two MirroredStrategy objects over the same
-    # CPUs can hand out clashing collective instance keys.
-    strategy = training.create_strategy("mirrored")
-    assert strategy.num_replicas_in_sync == 2
-    return strategy
+@pytest.fixture
+def mirrored(mirrored_strategy):
+    # The process-wide strategy of conftest.py, the one that
+    # create_strategy("mirrored") builds over the two logical CPUs.
+    return mirrored_strategy
 
 
 def test_loss_scaled_step_is_skipped_when_any_replica_overflows(mirrored):
