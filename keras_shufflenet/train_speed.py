@@ -1,13 +1,15 @@
 """Training throughput on the host CPU/GPU: ShuffleNet's pointwise group
 conv lowerings against keras.applications peers, measured interleaved."""
 
+import time
+
 import numpy as np
 
 import keras
 
+from keras_shufflenet.benchmark import interleaved_schedule
+from keras_shufflenet.benchmark import timing_stats
 from keras_shufflenet.shufflenet import ShuffleNet
-from keras_shufflenet.timing import interleaved
-from keras_shufflenet.timing import summarize
 
 PEERS = {
     "mobilenetv2_0.5": lambda shape: keras.applications.MobileNetV2(
@@ -54,7 +56,8 @@ def training_throughput(
     """Measures training images/s of several models, interleaved.
 
     Each model gets SGD with momentum and sparse cross-entropy on random
-    images, compiled once; a sample is `steps` `train_on_batch` calls.
+    images, compiled once; a sample is `steps` `train_on_batch` calls, and
+    the models take turns in every round (`benchmark.interleaved_schedule`).
 
     Args:
         names: Model names (see `build`).
@@ -64,17 +67,17 @@ def training_throughput(
         steps: Training steps per sample. Defaults to 2.
         warmup: Untimed steps per model first (tracing). Defaults to 2.
         jit_compile: Whether to compile the train step with XLA.
-        progress: Optional callable given `(round, name, seconds)`.
+        progress: Optional callable given `(round, name, images_per_s)`.
 
     Returns:
-        A dict of name to `summarize` statistics of images/s, plus
-        `"flops"` where the model is counted.
+        A dict of name to `{"median": images/s at the median sample time,
+        "p90": images/s at the 90th percentile (slow) time, "n": samples}`.
     """
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (batch_size, image_size, image_size, 3))
     x = x.astype("float32")
     y = rng.integers(0, 1000, batch_size)
-    steps_fns = {}
+    models = {}
     for name in names:
         model = build(name, (image_size, image_size, 3))
         model.compile(
@@ -82,16 +85,24 @@ def training_throughput(
             keras.losses.SparseCategoricalCrossentropy(),
             jit_compile=jit_compile,
         )
-
-        def run(model=model):
-            for _ in range(steps):
-                model.train_on_batch(x, y)
-
-        steps_fns[name] = run
-    times = interleaved(
-        steps_fns, rounds, warmup=max(1, warmup // steps), progress=progress
-    )
-    return {
-        name: summarize([batch_size * steps / t for t in samples])
-        for name, samples in times.items()
-    }
+        for _ in range(warmup):
+            model.train_on_batch(x, y)
+        models[name] = model
+    seconds = {name: [] for name in names}
+    for round_, name in interleaved_schedule(names, rounds):
+        start = time.perf_counter()
+        for _ in range(steps):
+            models[name].train_on_batch(x, y)
+        seconds[name].append(time.perf_counter() - start)
+        if progress is not None:
+            progress(round_, name, batch_size * steps / seconds[name][-1])
+    images = batch_size * steps
+    results = {}
+    for name, samples in seconds.items():
+        stats = timing_stats(samples)
+        results[name] = {
+            "median": images / (stats["median_ms"] / 1e3),
+            "p90": images / (stats["p90_ms"] / 1e3),
+            "n": stats["num_runs"],
+        }
+    return results
