@@ -261,24 +261,30 @@ class PointwiseGroupConv2D(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={axis: channels})
         self.built = True
 
-    def _conv(self, x, kernel):
+    def _pointwise(self, x, kernel):
+        if self.data_format == "channels_last":
+            # A 1x1 convolution is a matrix product over the flattened
+            # pixels; as a MatMul it trains faster on CPU than as Conv2D.
+            shape = ops.shape(x)
+            y = ops.matmul(ops.reshape(x, (-1, shape[-1])), kernel[0, 0])
+            return ops.reshape(y, (*shape[:-1], kernel.shape[-1]))
         return ops.conv(x, kernel, data_format=self.data_format)
 
     def call(self, inputs):
         kernel = ops.cast(self.kernel, self.compute_dtype)
         axis = _channel_axis(self.data_format)
         if self.groups == 1:
-            outputs = self._conv(inputs, kernel)
+            outputs = self._pointwise(inputs, kernel)
         elif self.implementation == "grouped":
-            outputs = self._conv(inputs, kernel)
+            outputs = ops.conv(inputs, kernel, data_format=self.data_format)
         elif self.implementation == "split":
             xs = ops.split(inputs, self.groups, axis=axis)
             ks = ops.split(kernel, self.groups, axis=-1)
             outputs = ops.concatenate(
-                [self._conv(x, k) for x, k in zip(xs, ks)], axis=axis
+                [self._pointwise(x, k) for x, k in zip(xs, ks)], axis=axis
             )
         else:
-            outputs = self._conv(inputs, self.dense_kernel(kernel))
+            outputs = self._pointwise(inputs, self.dense_kernel(kernel))
         if self.use_bias:
             bias = ops.cast(self.bias, self.compute_dtype)
             if self.data_format == "channels_first":
