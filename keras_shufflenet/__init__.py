@@ -1,6 +1,7 @@
 """keras_shufflenet: ShuffleNet v1 (Zhang et al., 2017) for Keras 3."""
 
 from keras_shufflenet import data
+from keras_shufflenet import deploy
 from keras_shufflenet import export
 from keras_shufflenet import pretrained
 from keras_shufflenet.complexity import complexity

