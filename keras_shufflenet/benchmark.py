@@ -10,10 +10,11 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import time
 
 import numpy as np
+
+from keras_shufflenet.files import write_atomic
 
 # Table 8's three input resolutions, (height, width).
 RESOLUTIONS = {
@@ -1134,24 +1135,6 @@ def plot_latency(benchmark, path):
     plt.close(fig)
     write_atomic(path, buffer.getvalue())
     return points
-
-
-def write_atomic(path, content):
-    """Writes bytes or text to `path` through a temporary file."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    if isinstance(content, str):
-        content = content.encode()
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def write_outputs(benchmark, output_dir, stem="benchmark"):

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_shufflenet import deploy
+from keras_shufflenet.files import write_atomic
 
 MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
 INPUT_TYPES = ("float32", "int8", "uint8")
@@ -591,7 +592,7 @@ def _convert_saved_model(
             )
     check_builtin_ops(tflite)
     if output_path is not None:
-        _write_atomic(output_path, tflite)
+        write_atomic(output_path, tflite)
     return tflite
 
 
@@ -688,7 +689,7 @@ def _write_layer_csv(debugger, path):
     writer = csv.DictWriter(out, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
-    _write_atomic(path, out.getvalue().encode())
+    write_atomic(path, out.getvalue().encode())
     return rows
 
 
@@ -849,7 +850,7 @@ def quantize_with_ai_edge_quantizer(
     tflite = bytes(result.quantized_model)
     check_builtin_ops(tflite)
     if output_path is not None:
-        _write_atomic(output_path, tflite)
+        write_atomic(output_path, tflite)
     return tflite
 
 
@@ -1658,19 +1659,4 @@ def write_report(report, path):
     """
     import json
 
-    _write_atomic(path, (json.dumps(report, indent=2) + "\n").encode())
-
-
-def _write_atomic(path, content):
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(content)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_atomic(path, (json.dumps(report, indent=2) + "\n").encode())

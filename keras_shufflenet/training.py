@@ -30,6 +30,7 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from keras_shufflenet import data as data_lib
+from keras_shufflenet.files import write_atomic
 from keras_shufflenet.shufflenet import ShuffleNet
 
 STRATEGIES = ("one_device", "cpu", "mirrored", "multi_worker", "tpu")
@@ -574,7 +575,7 @@ def save_config(config, path, derived=None):
     payload = {"config": config_to_dict(config)}
     if derived:
         payload["derived"] = derived
-    _write_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    write_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def load_config(path):
@@ -597,16 +598,6 @@ def _summary_scalar(tag, value, step):
     tf.summary.write(
         tag, tf.constant(value, tf.float32), step=step, metadata=metadata
     )
-
-
-def _write_atomic(path, content):
-    """Writes text or bytes to a temporary file, then renames it."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.gfile.GFile(
-        tmp, "wb" if isinstance(content, bytes) else "w"
-    ) as f:
-        f.write(content)
-    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 # ---------------------------------------------------------------------------
@@ -1406,7 +1397,7 @@ class Trainer:
         self.sync_moving_statistics()
         path = self.manager.save(checkpoint_number=self.step)
         if self.chief:
-            _write_atomic(
+            write_atomic(
                 os.path.join(self.config.model_dir, HISTORY_FILE),
                 json.dumps(self.history, indent=1),
             )
@@ -1768,7 +1759,7 @@ def plot_history(history, path, title=""):
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    _write_atomic(path, buffer.getvalue())
+    write_atomic(path, buffer.getvalue())
 
 
 def _returns_probabilities(model):

@@ -23,6 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from keras_shufflenet import benchmark  # noqa: E402
+from keras_shufflenet import files  # noqa: E402
 
 _MODELS = flags.DEFINE_list(
     "models",
@@ -107,7 +108,7 @@ def main(argv):
         table = benchmark.profile_table(rows)
         stem = f"profile_{spec.name}_{resolution}_{_MODES.value[0]}"
         path = os.path.join(_OUTPUT_DIR.value, f"{stem}.md")
-        benchmark.write_atomic(path, table)
+        files.write_atomic(path, table)
         print(table)
         print(f"Wrote {path}")
         return
