@@ -46,6 +46,7 @@ setuptools.setup(
             "pytest-xdist>=3",
             "pillow",
             "torch==2.13.0",
+            "ai-edge-quantizer==0.10.0",
         ],
     },
     classifiers=[
