@@ -499,3 +499,20 @@ def test_bottleneck_multiple_is_an_opt_in_tile_friendly_width():
         assert layer.filters == width and (width // 3) % 16 == 0
     assert exact.get_layer("stage2_unit2_gconv1").filters == 60
     assert ks.complexity(tiled)["flops"] != ks.complexity(exact)["flops"]
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_fit_under_mixed_precision(policy):
+    keras.config.set_dtype_policy(policy)
+    try:
+        model = tiny(shallow=True, groups=2)
+        model.compile(keras.optimizers.SGD(0.01),
+                      "sparse_categorical_crossentropy")
+        history = model.fit(images(4), np.arange(4), batch_size=4, epochs=1,
+                            verbose=0)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert np.isfinite(history.history["loss"][0])
+    assert model.get_layer("stage2_unit2_gconv1").compute_dtype == \
+        policy.split("_")[1]
+    assert model.get_layer("stage2_unit2_gconv1").kernel.dtype == "float32"
