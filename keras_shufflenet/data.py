@@ -36,6 +36,8 @@ __all__ = [
     "InputPipeline",
     "build_dataset",
     "default_min_crop_area",
+    "define_input_flags",
+    "input_config_from_flags",
     "eval_crop_window",
     "load_digits_arrays",
     "preprocess_for_eval",
@@ -1132,3 +1134,66 @@ def build_dataset(config, training, batch_size, input_context=None):
     """
     pipeline = InputPipeline(config)
     return pipeline.dataset(training, batch_size, input_context), pipeline
+
+
+def define_input_flags(data_source_help):
+    """Defines the absl flags that select an input source for a program.
+
+    The flags mirror `InputConfig`'s source fields: `--data_source`,
+    `--data_name`, `--data_dir`, `--train_split`, `--eval_split`,
+    `--train_path`, `--eval_path`, `--num_classes`, `--label_offset` and
+    `--crop_fraction`. Read them back with `input_config_from_flags`.
+
+    Args:
+        data_source_help: Help text of `--data_source`, saying what the
+            program uses the data for.
+    """
+    from absl import flags
+
+    flags.DEFINE_enum("data_source", None, SOURCES, data_source_help)
+    flags.DEFINE_string("data_name", None, "TFDS dataset name.")
+    flags.DEFINE_string("data_dir", None, "TFDS data directory.")
+    flags.DEFINE_string("train_split", "train", "TFDS training split.")
+    flags.DEFINE_string("eval_split", "validation", "TFDS evaluation split.")
+    flags.DEFINE_string(
+        "train_path", None, "Class folders or TFRecord files (train split)."
+    )
+    flags.DEFINE_string(
+        "eval_path", None, "Class folders or TFRecord files (eval split)."
+    )
+    flags.DEFINE_integer("num_classes", None, "Classes of a TFRecord source.")
+    flags.DEFINE_integer(
+        "label_offset", IMAGENET_TFRECORD_LABEL_OFFSET,
+        "Subtracted from TFRecord labels.",
+    )
+    flags.DEFINE_float(
+        "crop_fraction", DEFAULT_CROP_FRACTION,
+        "Evaluation centre crop side over the shorter image side.",
+    )
+
+
+def input_config_from_flags(image_size):
+    """Returns the `InputConfig` that `define_input_flags`' flags select.
+
+    Args:
+        image_size: Side of the square images the model takes.
+
+    Returns:
+        An `InputConfig`.
+    """
+    from absl import flags
+
+    f = flags.FLAGS
+    return InputConfig(
+        source=f.data_source,
+        name=f.data_name,
+        data_dir=f.data_dir,
+        train_split=f.train_split,
+        eval_split=f.eval_split,
+        train_path=f.train_path,
+        eval_path=f.eval_path,
+        num_classes=f.num_classes,
+        label_offset=f.label_offset,
+        image_size=image_size,
+        crop_fraction=f.crop_fraction,
+    )

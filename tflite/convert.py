@@ -83,31 +83,11 @@ _NUM_CALIBRATION_IMAGES = flags.DEFINE_integer(
     "num_calibration_images", export.DEFAULT_NUM_CALIBRATION_IMAGES,
     "int8/int16x8 modes: images used to calibrate.",
 )
-_DATA_SOURCE = flags.DEFINE_enum(
-    "data_source", None, data.SOURCES,
-    "int8/int16x8 modes: calibration data source.",
-)
-_DATA_NAME = flags.DEFINE_string("data_name", None, "TFDS dataset name.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
+data.define_input_flags("int8/int16x8 modes: calibration data source.")
 _CALIBRATION_SPLIT = flags.DEFINE_enum(
     "calibration_split", "train", ["train", "eval"],
     "int8 mode: split whose centre crops (evaluation preprocessing) "
     "calibrate.",
-)
-_TRAIN_SPLIT = flags.DEFINE_string("train_split", "train", "TFDS split.")
-_EVAL_SPLIT = flags.DEFINE_string("eval_split", "validation", "TFDS split.")
-_TRAIN_PATH = flags.DEFINE_string(
-    "train_path", None, "Class folders or TFRecord files (train split)."
-)
-_EVAL_PATH = flags.DEFINE_string(
-    "eval_path", None, "Class folders or TFRecord files (eval split)."
-)
-_NUM_CLASSES = flags.DEFINE_integer(
-    "num_classes", None, "Classes of a TFRecord source."
-)
-_CROP_FRACTION = flags.DEFINE_float(
-    "crop_fraction", data.DEFAULT_CROP_FRACTION,
-    "Evaluation centre crop side over the shorter image side.",
 )
 _REPORT = flags.DEFINE_string(
     "report", None, "Report JSON path. Defaults to <output>.json."
@@ -116,23 +96,12 @@ flags.mark_flag_as_required("output")
 
 
 def _calibration_images(image_size):
-    if _DATA_SOURCE.value is None:
+    if flags.FLAGS.data_source is None:
         raise app.UsageError(
             f"--mode={_MODE.value} needs --data_source (and its data "
             "flags) to calibrate."
         )
-    config = data.InputConfig(
-        source=_DATA_SOURCE.value,
-        name=_DATA_NAME.value,
-        data_dir=_DATA_DIR.value,
-        train_split=_TRAIN_SPLIT.value,
-        eval_split=_EVAL_SPLIT.value,
-        train_path=_TRAIN_PATH.value,
-        eval_path=_EVAL_PATH.value,
-        num_classes=_NUM_CLASSES.value,
-        image_size=image_size,
-        crop_fraction=_CROP_FRACTION.value,
-    )
+    config = data.input_config_from_flags(image_size)
     images = export.calibration_images(
         config, _NUM_CALIBRATION_IMAGES.value, _CALIBRATION_SPLIT.value
     )

@@ -64,32 +64,7 @@ _CLASSES = flags.DEFINE_integer("classes", 1000, "Classifier classes.")
 _SHUFFLE_ORDER = flags.DEFINE_enum(
     "shuffle_order", "paper", ["paper", "official"], "Channel shuffle order."
 )
-_DATA_SOURCE = flags.DEFINE_enum(
-    "data_source", None, data.SOURCES, "Evaluation data source."
-)
-_DATA_NAME = flags.DEFINE_string("data_name", None, "TFDS dataset name.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
-_TRAIN_SPLIT = flags.DEFINE_string(
-    "train_split", "train", "TFDS split for calibration."
-)
-_EVAL_SPLIT = flags.DEFINE_string("eval_split", "validation", "TFDS split.")
-_TRAIN_PATH = flags.DEFINE_string(
-    "train_path", None, "Calibration class folders or TFRecord files."
-)
-_EVAL_PATH = flags.DEFINE_string(
-    "eval_path", None, "Folder of class folders, or TFRecord files."
-)
-_NUM_CLASSES = flags.DEFINE_integer(
-    "num_classes", None, "Classes of a TFRecord source."
-)
-_LABEL_OFFSET = flags.DEFINE_integer(
-    "label_offset", data.IMAGENET_TFRECORD_LABEL_OFFSET,
-    "Subtracted from TFRecord labels.",
-)
-_CROP_FRACTION = flags.DEFINE_float(
-    "crop_fraction", data.DEFAULT_CROP_FRACTION,
-    "Centre crop side over the shorter image side.",
-)
+data.define_input_flags("Evaluation data source.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 50, "Keras batch size.")
 _MAX_EXAMPLES = flags.DEFINE_integer(
     "max_examples", None, "Evaluate only this many examples."
@@ -118,22 +93,6 @@ def _keras_model(image_size):
     )
 
 
-def _input_config(image_size):
-    return data.InputConfig(
-        source=_DATA_SOURCE.value,
-        name=_DATA_NAME.value,
-        data_dir=_DATA_DIR.value,
-        train_split=_TRAIN_SPLIT.value,
-        eval_split=_EVAL_SPLIT.value,
-        train_path=_TRAIN_PATH.value,
-        eval_path=_EVAL_PATH.value,
-        num_classes=_NUM_CLASSES.value,
-        label_offset=_LABEL_OFFSET.value,
-        image_size=image_size,
-        crop_fraction=_CROP_FRACTION.value,
-    )
-
-
 def _progress(message):
     print(message, flush=True)
 
@@ -146,7 +105,7 @@ def _compare_variants():
     variants = _VARIANTS.value
     if variants == ["all"]:
         variants = list(export.CONVERSION_VARIANTS)
-    config = _input_config(size)
+    config = data.input_config_from_flags(size)
     calibration = None
     unknown = sorted(set(variants) - set(export.CONVERSION_VARIANTS))
     if unknown:
@@ -202,7 +161,7 @@ def main(argv):
     height, width = runner.image_size
     if height != width:
         raise app.UsageError(f"Square inputs only. Received: {height}x{width}")
-    config = _input_config(height)
+    config = data.input_config_from_flags(height)
     pipeline = data.InputPipeline(config)
     total = pipeline.num_examples(False)
     if _MAX_EXAMPLES.value:
