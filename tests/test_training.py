@@ -19,7 +19,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from keras_shufflenet import data, training
+from keras_shufflenet import data, fused, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS_TRAIN, DIGITS_EVAL = 1437, 360
@@ -345,6 +345,22 @@ def test_mirrored_float16_loss_scaling_skips_overflows_on_all_replicas(
         assert len(copies) == 2
         # BN statistics included: the trainer averages the replicas' own.
         np.testing.assert_array_equal(copies[0], copies[1], weight.path)
+
+
+def test_trainer_steps_the_fused_training_graph_of_its_model(cpu_run):
+    trainer, _ = cpu_run
+    graph = trainer.train_model
+    assert graph is not trainer.model
+    assert any(isinstance(l, fused.FusedShuffleUnit) for l in graph.layers)
+    assert {id(v) for v in graph.weights} == {
+        id(v) for v in trainer.model.weights
+    }
+
+
+def test_fused_training_false_steps_the_model_itself(tmp_path):
+    config = tiny_config(tmp_path, **{"model.fused_training": False})
+    trainer = training.Trainer(config, verbose=False)
+    assert trainer.train_model is trainer.model
 
 
 def test_nan_loss_stops_the_run_with_a_clear_message(tmp_path):
