@@ -9,6 +9,7 @@ import keras
 
 from keras_shufflenet.benchmark import interleaved_schedule
 from keras_shufflenet.benchmark import timing_stats
+from keras_shufflenet.fused import training_model
 from keras_shufflenet.shufflenet import ShuffleNet
 
 PEERS = {
@@ -26,7 +27,10 @@ def build(name, input_shape=(224, 224, 3)):
 
     Args:
         name: `"shufflenet_<scale>x_g<groups>_<implementation>"` (for
-            example `shufflenet_1.0x_g3_split`) or a key of `PEERS`.
+            example `shufflenet_1.0x_g3_split`) or a key of `PEERS`. The
+            implementation is a `PointwiseGroupConv2D` lowering, or
+            `"fused"`: `fused.training_model` of the split model, the
+            graph `keras_shufflenet.training` trains.
         input_shape: Input shape. Defaults to (224, 224, 3).
 
     Returns:
@@ -43,10 +47,12 @@ def build(name, input_shape=(224, 224, 3)):
             "A model name is 'shufflenet_<scale>x_g<groups>_<implementation>' "
             f"or one of {sorted(PEERS)}. Received: {name!r}"
         ) from None
-    return ShuffleNet(
+    fuse = implementation == "fused"
+    model = ShuffleNet(
         scale, groups, input_shape=input_shape,
-        group_conv_implementation=implementation,
+        group_conv_implementation="split" if fuse else implementation,
     )
+    return training_model(model) if fuse else model
 
 
 def training_throughput(

@@ -1,10 +1,12 @@
 """Training throughput of ShuffleNet's group-conv lowerings vs MobileNetV2.
 
-    python recipes/bench_train.py            # 1x g3: split/grouped/dense
+    python recipes/bench_train.py            # 1x g3: fused/split/grouped/dense
     python recipes/bench_train.py --models=shufflenet_0.5x_g8_split
 
 Goal (issue 2): ShuffleNet 1x g3 trains on CPU at >= 1.25x the throughput
 of keras.applications MobileNetV2 0.5. Prints medians and ratios.
+`_fused` is `keras_shufflenet.training_model` of the split model, the graph
+the training recipes step (same weights, same function).
 """
 
 import json
@@ -19,7 +21,8 @@ from keras_shufflenet.train_speed import training_throughput  # noqa: E402
 
 _MODELS = flags.DEFINE_list(
     "models",
-    ["shufflenet_1.0x_g3_split", "shufflenet_1.0x_g3_grouped",
+    ["shufflenet_1.0x_g3_fused", "shufflenet_1.0x_g3_split",
+     "shufflenet_1.0x_g3_grouped",
      "shufflenet_1.0x_g3_dense", "mobilenetv2_0.5"],
     "Models to compare; the last is the baseline of the ratios.",
 )

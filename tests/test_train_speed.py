@@ -2,6 +2,7 @@
 
 import pytest
 
+from keras_shufflenet import fused
 from keras_shufflenet.train_speed import build
 from keras_shufflenet.train_speed import training_throughput
 
@@ -12,6 +13,13 @@ def test_benchmark_model_names_select_the_lowering():
     assert convs and {c.implementation for c in convs} == {"dense"}
     with pytest.raises(ValueError, match="shufflenet_<scale>x_g<groups>"):
         build("resnet50")
+
+
+def test_fused_benchmark_model_is_the_training_graph_of_the_split_model():
+    model = build("shufflenet_0.25x_g3_fused", (32, 32, 3))
+    units = [l for l in model.layers if isinstance(l, fused.FusedShuffleUnit)]
+    assert len(units) == 13
+    assert {u.gconv1.implementation for u in units} == {"split"}
 
 
 def test_training_throughput_reports_images_per_second():
