@@ -27,6 +27,8 @@ statistics, with fewer passes:
 - Every other batch norm is a `FastBatchNormalization`, whose gradient is
   the closed form (Ioffe and Szegedy, 2015) rather than the autodiff of
   its parts.
+- A stride-2 unit after fused units runs its first group conv on their
+  per-group tensors (`GroupwisePointwiseConv`), without a split.
 - The input normalisation broadcasts constants tiled over the image width
   (`deploy`'s `"preprocessing"` rewrite) rather than a 3-vector per pixel.
 
@@ -555,6 +557,59 @@ class FusedShuffleUnit(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
+class GroupwisePointwiseConv(keras.layers.Layer):
+    """A `PointwiseGroupConv2D` on input already split into its groups.
+
+    A stride-2 unit after a stage of fused units gets its input as one
+    tensor per group; this runs the group convolution on those tensors
+    directly (the `"split"` lowering without the split) and returns one
+    tensor.
+
+    Args:
+        conv: The `PointwiseGroupConv2D` whose kernel it uses.
+        **kwargs: Base layer arguments, such as `name`.
+    """
+
+    def __init__(self, conv, **kwargs):
+        if isinstance(conv, dict):
+            conv = _deserialize(conv)
+        kwargs.setdefault("name", f"{conv.name}_groupwise")
+        kwargs.setdefault("dtype", conv.dtype_policy)
+        super().__init__(**kwargs)
+        self.conv = conv
+
+    def build(self, input_shape):
+        # Only a deserialized layer has a convolution still to build.
+        if not self.conv.built:
+            shape = input_shape[0]
+            self.conv.build((*shape[:-1], shape[-1] * len(input_shape)))
+        self.built = True
+
+    def call(self, inputs):
+        pieces = list(inputs)
+        shape = ops.shape(pieces[0])
+        kernel = _read(self.conv.kernel, self.compute_dtype)[0, 0]
+        width = self.conv.filters // len(pieces)
+        outputs = [
+            ops.matmul(
+                ops.reshape(piece, (-1, piece.shape[-1])),
+                kernel[:, j * width:(j + 1) * width],
+            )
+            for j, piece in enumerate(pieces)
+        ]
+        y = ops.concatenate(outputs, axis=-1)
+        return ops.reshape(y, (*shape[:-1], self.conv.filters))
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[0][:-1], self.conv.filters)
+
+    def get_config(self):
+        config = super().get_config()
+        config["conv"] = _serialize(self.conv)
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
 class SplitChannels(keras.layers.Layer):
     """Splits the channel axis into `groups` equal tensors (channels last).
 
@@ -763,6 +818,17 @@ def training_model(model, *, fuse=True):
                 resolve(dw_norm.input)
             )
             skipped.update((conv, norm))
+            continue
+        value = values.get(id(layer.input))
+        if (
+            isinstance(value, list)
+            and isinstance(layer, PointwiseGroupConv2D)
+            and layer.groups == len(value)
+            and not layer.use_bias
+            and layer.data_format == "channels_last"
+        ):
+            outputs = GroupwisePointwiseConv(layer)(value)
+            values[id(layer.output)] = outputs
             continue
         inputs = resolve(layer.input)
         if _is_plain_batch_norm(layer):

@@ -198,6 +198,8 @@ def test_training_model_fuses_every_stride_1_unit_and_stride_2_tail():
     assert count(trainer, fused.FusedBranchTail) == 3
     # The other batch norms: conv1 and each stride-2 unit's gconv1.
     assert count(trainer, fused.FastBatchNormalization) == 4
+    # Stages 3 and 4 start on stage 2's and 3's per-group tensors.
+    assert count(trainer, fused.GroupwisePointwiseConv) == 2
     assert trainer.output_shape == model.output_shape
 
 
