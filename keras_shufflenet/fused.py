@@ -155,7 +155,7 @@ def _groups(layer):
     return getattr(layer, "groups", 1)
 
 
-def _branch_tail(d, dw_norm, conv, norm, group):
+def _branch_tail(d, dw_norm, conv, norm):
     """Batch norm -> one group of a 1x1 conv -> batch norm, on `(P, n)`.
 
     The second batch norm's statistics come from the first's output
@@ -166,15 +166,13 @@ def _branch_tail(d, dw_norm, conv, norm, group):
 
     Args:
         d: `(P, n)` depthwise output of this group (float32 or 64).
-        dw_norm: `(gamma1, beta1)` of this group's channels.
+        dw_norm: `(gamma1, beta1, epsilon1)` of this group's channels.
         conv: This group's `(n, out)` kernel.
-        norm: `(gamma2, beta2)` of this group's outputs.
-        group: Unused position marker, for error messages.
+        norm: `(gamma2, beta2, epsilon2)` of this group's outputs.
 
     Returns:
         `(y, (mean1, var1, mean2, var2))`: the output and batch statistics.
     """
-    del group
     gamma1, beta1, epsilon1 = dw_norm
     gamma2, beta2, epsilon2 = norm
     count = ops.cast(ops.shape(d)[0], d.dtype)
@@ -198,12 +196,9 @@ def _branch_tail(d, dw_norm, conv, norm, group):
     return ops.matmul(d, kernel) + bias, (mean1, var1, mean2, var2)
 
 
-def _norm_args(layer, index=None):
+def _norm_args(layer):
     gamma = _read(layer.gamma, layer.compute_dtype)
     beta = _read(layer.beta, layer.compute_dtype)
-    if index is not None:
-        gamma = ops.take(gamma, index)
-        beta = ops.take(beta, index)
     return gamma, beta, layer.epsilon
 
 
@@ -323,7 +318,6 @@ class FusedBranchTail(keras.layers.Layer):
                 _slice_norm(dw_args, j * n, (j + 1) * n),
                 kernel[:, j * width:(j + 1) * width],
                 _slice_norm(norm_args, j * width, (j + 1) * width),
-                j,
             )
             outputs.append(y)
             stats.append(s)
@@ -524,7 +518,6 @@ class FusedShuffleUnit(keras.layers.Layer):
                     order - j * n, axis=0,
                 ),
                 _slice_norm(norm_args, j * out_width, (j + 1) * out_width),
-                j,
             )
             stats.append(s)
             y = ops.relu(x[j] + y)
