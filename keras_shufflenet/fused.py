@@ -54,8 +54,11 @@ def _serialize(layer):
     return keras.saving.serialize_keras_object(layer)
 
 
-def _deserialize(config):
-    return keras.saving.deserialize_keras_object(config)
+def _as_layer(layer):
+    """A wrapped layer, deserialized first when it comes from a config."""
+    if isinstance(layer, dict):
+        return keras.saving.deserialize_keras_object(layer)
+    return layer
 
 
 def _read(variable, dtype):
@@ -224,8 +227,7 @@ class FastBatchNormalization(keras.layers.Layer):
     """
 
     def __init__(self, layer, **kwargs):
-        if isinstance(layer, dict):
-            layer = _deserialize(layer)
+        layer = _as_layer(layer)
         kwargs.setdefault("name", f"{layer.name}_fast")
         kwargs.setdefault("dtype", layer.dtype_policy)
         super().__init__(**kwargs)
@@ -276,10 +278,7 @@ class FusedBranchTail(keras.layers.Layer):
     """
 
     def __init__(self, dw_norm, conv, norm, **kwargs):
-        dw_norm, conv, norm = (
-            _deserialize(x) if isinstance(x, dict) else x
-            for x in (dw_norm, conv, norm)
-        )
+        dw_norm, conv, norm = (_as_layer(x) for x in (dw_norm, conv, norm))
         kwargs.setdefault("name", f"{conv.name}_fused")
         kwargs.setdefault("dtype", conv.dtype_policy)
         super().__init__(**kwargs)
@@ -414,7 +413,7 @@ class FusedShuffleUnit(keras.layers.Layer):
         gconv2_bn, **kwargs
     ):
         unit = [
-            _deserialize(x) if isinstance(x, dict) else x
+            _as_layer(x)
             for x in (
                 gconv1, gconv1_bn, shuffle, dwconv, dwconv_bn, gconv2,
                 gconv2_bn,
@@ -435,6 +434,8 @@ class FusedShuffleUnit(keras.layers.Layer):
                 f"FusedShuffleUnit {self.name!r}: the shuffle does not map "
                 "the groups to contiguous slices; use the unit's layers."
             )
+        # From the order the groups receive channels back to shuffled order.
+        self.inverse_order = np.argsort(np.concatenate(self.plan[1]))
 
     def build(self, input_shape):
         # Only a deserialized unit has layers still to build.
@@ -527,8 +528,7 @@ class FusedShuffleUnit(keras.layers.Layer):
         mean1, var1, mean2, var2 = (
             ops.concatenate(list(s), axis=0) for s in zip(*stats)
         )
-        # Back from the order the groups received them to shuffled order.
-        inverse = np.argsort(np.concatenate(orders))
+        inverse = self.inverse_order
         _update_moving_statistics(
             self.dwconv_bn, ops.take(mean1, inverse), ops.take(var1, inverse)
         )
@@ -564,8 +564,7 @@ class GroupwisePointwiseConv(keras.layers.Layer):
     """
 
     def __init__(self, conv, **kwargs):
-        if isinstance(conv, dict):
-            conv = _deserialize(conv)
+        conv = _as_layer(conv)
         kwargs.setdefault("name", f"{conv.name}_groupwise")
         kwargs.setdefault("dtype", conv.dtype_policy)
         super().__init__(**kwargs)
@@ -581,7 +580,7 @@ class GroupwisePointwiseConv(keras.layers.Layer):
     def call(self, inputs):
         pieces = list(inputs)
         shape = ops.shape(pieces[0])
-        kernel = _read(self.conv.kernel, self.compute_dtype)[0, 0]
+        kernel = _pointwise_kernel(self.conv)
         width = self.conv.filters // len(pieces)
         outputs = [
             ops.matmul(
