@@ -950,6 +950,21 @@ class TrainResult:
     model: keras.Model | None = None
 
 
+def _sum_over_steps(strategy, step_fn, iterator, num_steps, size):
+    """Runs `step_fn` on `num_steps` batches; sums its vectors.
+
+    Call it inside a `tf.function`. `step_fn` returns a vector of `size`
+    per-replica sums; they are added over replicas and steps.
+    """
+    totals = tf.zeros([size])
+    for _ in tf.range(num_steps):
+        per_replica = strategy.run(step_fn, args=next(iterator))
+        totals += strategy.reduce(
+            tf.distribute.ReduceOp.SUM, per_replica, axis=None
+        )
+    return totals
+
+
 def _fixed_steps_eval_dataset_fn(pipeline, global_batch, steps):
     """Eval batches padded so that every replica runs the same steps.
 
@@ -1070,15 +1085,9 @@ class Evaluator:
         )
 
     def _eval_loop(self, iterator, steps):
-        totals = tf.zeros([4])
-        for _ in tf.range(steps):
-            per_replica = self.strategy.run(
-                self._eval_step, args=next(iterator)
-            )
-            totals += self.strategy.reduce(
-                tf.distribute.ReduceOp.SUM, per_replica, axis=None
-            )
-        return totals
+        return _sum_over_steps(
+            self.strategy, self._eval_step, iterator, steps, size=4
+        )
 
     def evaluate(self):
         """Returns `{"top1", "top5", "loss", "examples", "bad_images"}`."""
@@ -1353,15 +1362,9 @@ class Trainer:
         return tf.stack([tf.reduce_sum(per_example), correct, count])
 
     def _train_chunk(self, iterator, num_steps):
-        totals = tf.zeros([3])
-        for _ in tf.range(num_steps):
-            per_replica = self.strategy.run(
-                self._train_step, args=next(iterator)
-            )
-            totals += self.strategy.reduce(
-                tf.distribute.ReduceOp.SUM, per_replica, axis=None
-            )
-        return totals
+        return _sum_over_steps(
+            self.strategy, self._train_step, iterator, num_steps, size=3
+        )
 
     def _sync_moving_statistics(self):
         # Keras' BN statistics are mirrored variables with no aggregation:
