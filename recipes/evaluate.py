@@ -14,10 +14,11 @@ import json
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from keras_shufflenet import cli
 from keras_shufflenet import training
 
 CONFIGS_DIR = os.path.join(
@@ -35,14 +36,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO chatter.
-    try:
-        config = training.config_from_flags(CONFIGS_DIR)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        raise app.UsageError(str(e)) from None
+    config = cli.recipe_config(argv, CONFIGS_DIR)
     metrics = training.evaluate_model(FLAGS.model_path, config)
     print(
         f"{FLAGS.model_path}: top-1 accuracy {metrics['top1']:.2%} (error "

@@ -15,11 +15,12 @@ saved as `config.json` beside the checkpoints. See recipes/README.md.
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 # Runnable from a source checkout without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from keras_shufflenet import cli
 from keras_shufflenet import training
 
 CONFIGS_DIR = os.path.join(
@@ -31,19 +32,9 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO chatter.
-    try:
-        config = training.config_from_flags(CONFIGS_DIR)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        raise app.UsageError(str(e)) from None
-    try:
-        training.train(config)
-    except training.NonFiniteLossError as e:
-        sys.exit(f"ERROR: {e}")
+    config = cli.recipe_config(argv, CONFIGS_DIR)
+    training.train(config)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(cli.exit_on_errors(main, (training.NonFiniteLossError,)))

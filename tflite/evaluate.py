@@ -26,6 +26,7 @@ from absl import logging
 # Runnable from a source checkout without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from keras_shufflenet import cli  # noqa: E402
 from keras_shufflenet import data  # noqa: E402
 from keras_shufflenet import export  # noqa: E402
 
@@ -188,12 +189,5 @@ def main(argv):
     print(export.format_evaluation(results))
 
 
-def _main_with_clear_errors(argv):
-    try:
-        return main(argv)
-    except (FileNotFoundError, ValueError) as e:  # Bad flags or files.
-        sys.exit(f"ERROR: {e}")
-
-
 if __name__ == "__main__":
-    app.run(_main_with_clear_errors)
+    app.run(cli.exit_on_errors(main))
