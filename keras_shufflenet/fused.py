@@ -50,6 +50,13 @@ from keras_shufflenet.layers import PointwiseGroupConv2D
 from keras_shufflenet.layers import shuffle_permutation
 
 
+# A unit's layers in order, as `FusedShuffleUnit` takes them.
+UNIT_KEYS = (
+    "gconv1", "gconv1_bn", "shuffle", "dwconv", "dwconv_bn", "gconv2",
+    "gconv2_bn",
+)
+
+
 def _serialize(layer):
     return keras.saving.serialize_keras_object(layer)
 
@@ -540,10 +547,7 @@ class FusedShuffleUnit(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        for key in (
-            "gconv1", "gconv1_bn", "shuffle", "dwconv", "dwconv_bn",
-            "gconv2", "gconv2_bn",
-        ):
+        for key in UNIT_KEYS:
             layer = getattr(self, key)
             config[key] = None if layer is None else _serialize(layer)
         return config
@@ -637,11 +641,7 @@ def _unit_layers(model, prefix):
             return None
 
     unit = {
-        key: get(key)
-        for key in (
-            "gconv1", "gconv1_bn", "gconv1_relu", "shuffle", "dwconv",
-            "dwconv_bn", "gconv2", "gconv2_bn", "add", "relu",
-        )
+        key: get(key) for key in UNIT_KEYS + ("gconv1_relu", "add", "relu")
     }
     required = [v for k, v in unit.items() if k != "shuffle"]
     if any(layer is None for layer in required):
@@ -719,6 +719,107 @@ def _tail_layers(model, prefix):
     return layers if ok else None
 
 
+def fusable_layers(model):
+    """The stride-1 units and branch tails of a ShuffleNet that can fuse.
+
+    Args:
+        model: A functional model from `ShuffleNet(...)`.
+
+    Returns:
+        `(units, tails)`: `units` maps each fusable unit's first group conv
+        to the dict of its layers by role (`UNIT_KEYS`, plus
+        `"gconv1_relu"`, `"add"` and `"relu"`); `tails` maps the depthwise
+        batch norm of every other fusable branch to `(dwconv_bn, gconv2,
+        gconv2_bn)`. Both are empty for channels-first models.
+    """
+    units, tails = {}, {}
+    if keras.config.image_data_format() != "channels_last":
+        return units, tails
+    for layer in model.layers:
+        if layer.name.endswith("_dwconv_bn"):
+            prefix = layer.name[: -len("_dwconv_bn")]
+            unit = _unit_layers(model, prefix)
+            if unit is not None:
+                units[unit["gconv1"]] = unit
+                continue
+            tail = _tail_layers(model, prefix)
+            if tail is not None:
+                tails[tail[0]] = tail
+    return units, tails
+
+
+class PerGroupGraph:
+    """Rebuilds a functional model where some values are per-group lists.
+
+    Walk `model.layers` in order and, for each layer not in `skipped`,
+    either `call` it or replace it (`call_unit`, or `set` its output). A
+    list value (one tensor per group) is concatenated once, where a layer
+    needs the whole tensor.
+
+    Args:
+        model: The functional model being rebuilt.
+    """
+
+    def __init__(self, model):
+        self._model = model
+        self._values = {id(t): t for t in model.inputs}
+        self._joined = {}  # id(pieces list) -> concatenated tensor
+        self.skipped = set()
+
+    def value(self, tensor):
+        """The new value of `model`'s tensor: a tensor, a list or None."""
+        return self._values.get(id(tensor))
+
+    def set(self, tensor, value):
+        self._values[id(tensor)] = value
+
+    def _tensor(self, value):
+        if isinstance(value, list):
+            key = id(value)
+            if key not in self._joined:
+                self._joined[key] = keras.layers.Concatenate(axis=-1)(value)
+            return self._joined[key]
+        return value
+
+    def resolve(self, structure):
+        """New whole tensors for a structure of `model`'s tensors."""
+        return keras.tree.map_structure(
+            lambda t: self._tensor(self._values[id(t)]), structure
+        )
+
+    def call(self, layer, replacement=None):
+        """Calls `replacement` (default: `layer`) on `layer`'s inputs."""
+        outputs = (replacement or layer)(self.resolve(layer.input))
+        keras.tree.map_structure(self.set, layer.output, outputs)
+
+    def call_unit(self, unit, make_layer):
+        """Runs a unit as `make_layer(unit, name)` on per-group tensors.
+
+        The unit's input is split into its groups unless it already comes
+        as a list; its output stays a list, and its layers are skipped.
+        """
+        gconv1 = unit["gconv1"]
+        value = self.value(gconv1.input)
+        if not isinstance(value, list):
+            value = SplitChannels(
+                gconv1.groups, name=f"{gconv1.name}_split"
+            )(value)
+        name = gconv1.name[: -len("_gconv1")]
+        outputs = make_layer(unit, name)(list(value))
+        self.set(unit["relu"].output, list(outputs))
+        self.skipped.update(v for v in unit.values() if v is not None)
+
+    def model(self, name):
+        outputs = self.resolve(self._model.output)
+        return keras.Model(self._model.input, outputs, name=name)
+
+
+def _fused_unit(unit, name):
+    return FusedShuffleUnit(
+        *(unit[k] for k in UNIT_KEYS), name=f"{name}_fused"
+    )
+
+
 def training_model(model, *, fuse=True):
     """Returns a faster training graph of a ShuffleNet, sharing its weights.
 
@@ -754,64 +855,25 @@ def training_model(model, *, fuse=True):
             "`model` must be a functional keras.Model such as "
             f"ShuffleNet(...). Received: {type(model).__name__}"
         )
-    units, tails = {}, {}
-    if fuse and keras.config.image_data_format() == "channels_last":
-        for layer in model.layers:
-            if layer.name.endswith("_dwconv_bn"):
-                prefix = layer.name[: -len("_dwconv_bn")]
-                unit = _unit_layers(model, prefix)
-                if unit is not None:
-                    units[unit["gconv1"]] = unit
-                    continue
-                tail = _tail_layers(model, prefix)
-                if tail is not None:
-                    tails[tail[0]] = tail
-
-    values = {id(t): t for t in model.inputs}
-    skipped = set()
-    joined = {}  # id(pieces list) -> concatenated tensor
-
-    def tensor(value):
-        if isinstance(value, list):
-            key = id(value)
-            if key not in joined:
-                joined[key] = keras.layers.Concatenate(axis=-1)(value)
-            return joined[key]
-        return value
-
-    def resolve(structure):
-        return keras.tree.map_structure(lambda t: tensor(values[id(t)]),
-                                        structure)
-
+    units, tails = fusable_layers(model) if fuse else ({}, {})
+    graph = PerGroupGraph(model)
     for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer) or layer in skipped:
+        if isinstance(layer, keras.layers.InputLayer) or layer in graph.skipped:
             continue
         if layer in units:
-            unit = units[layer]
-            value = values[id(layer.input)]
-            groups = layer.groups
-            if not isinstance(value, list):
-                value = SplitChannels(
-                    groups, name=f"{layer.name}_split"
-                )(value)
-            outputs = FusedShuffleUnit(
-                *(unit[k] for k in (
-                    "gconv1", "gconv1_bn", "shuffle", "dwconv", "dwconv_bn",
-                    "gconv2", "gconv2_bn",
-                )),
-                name=layer.name[: -len("_gconv1")] + "_fused",
-            )(list(value))
-            values[id(unit["relu"].output)] = list(outputs)
-            skipped.update(v for v in unit.values() if v is not None)
+            graph.call_unit(units[layer], _fused_unit)
             continue
         if layer in tails:
             dw_norm, conv, norm = tails[layer]
-            values[id(norm.output)] = FusedBranchTail(dw_norm, conv, norm)(
-                resolve(dw_norm.input)
+            graph.set(
+                norm.output,
+                FusedBranchTail(dw_norm, conv, norm)(
+                    graph.resolve(dw_norm.input)
+                ),
             )
-            skipped.update((conv, norm))
+            graph.skipped.update((conv, norm))
             continue
-        value = values.get(id(layer.input))
+        value = graph.value(layer.input)
         if (
             isinstance(value, list)
             and isinstance(layer, PointwiseGroupConv2D)
@@ -819,20 +881,11 @@ def training_model(model, *, fuse=True):
             and not layer.use_bias
             and layer.data_format == "channels_last"
         ):
-            outputs = GroupwisePointwiseConv(layer)(value)
-            values[id(layer.output)] = outputs
-            continue
-        inputs = resolve(layer.input)
-        if _is_plain_batch_norm(layer):
-            outputs = FastBatchNormalization(layer)(inputs)
+            graph.set(layer.output, GroupwisePointwiseConv(layer)(value))
+        elif _is_plain_batch_norm(layer):
+            graph.call(layer, FastBatchNormalization(layer))
         elif fuse and _is_static_normalization(layer):
-            outputs = _tiled_rescaling(layer)(inputs)
+            graph.call(layer, _tiled_rescaling(layer))
         else:
-            outputs = layer(inputs)
-        keras.tree.map_structure(
-            lambda k, v: values.__setitem__(id(k), v), layer.output, outputs
-        )
-    outputs = keras.tree.map_structure(
-        lambda t: tensor(values[id(t)]), model.output
-    )
-    return keras.Model(model.input, outputs, name=f"{model.name}_training")
+            graph.call(layer)
+    return graph.model(f"{model.name}_training")
