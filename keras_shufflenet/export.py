@@ -124,7 +124,12 @@ def logits_model(model):
         "activation"
     ] not in ("linear", None):
         inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
-        return keras.Model(inputs, last.input, name=f"{model.name}_logits")
+        logits = keras.Model(inputs, last.input, name=f"{model.name}_logits")
+        # A deployment graph stays one: it is not rewritten again.
+        options = getattr(model, "deployment_options", None)
+        if options is not None:
+            logits.deployment_options = options
+        return logits
     return model
 
 
@@ -178,10 +183,11 @@ def input_size(model, image_size=None):
     return size
 
 
-def export_saved_model(model, path, image_size=None):
+def export_saved_model(model, path, image_size=None, mode="float32"):
     """Writes the deployment graph of `model` as a batch-1 SavedModel.
 
-    The graph is `deploy.deployment_model(model)` with one signature,
+    The graph is `deploy.deployment_model(model)` with the rewrites that
+    suit the conversion `mode` (`deploy.rewrites_for`) and one signature,
     `serving_default`, taking float32 `images` of shape
     `(1, height, width, 3)`. The static batch of 1 matters: a dynamic batch
     leaves SHAPE/STRIDED_SLICE/PACK ops in the TFLite graph, outside
@@ -193,12 +199,16 @@ def export_saved_model(model, path, image_size=None):
         path: Directory to write.
         image_size: Input side or `(height, width)`. Defaults to the
             model's static input size.
+        mode: The conversion mode the SavedModel is for (see `convert`).
+            Defaults to "float32".
 
     Returns:
         `(height, width)` of the exported input.
     """
     size = input_size(model, image_size)
-    deployed = deploy.deployment_model(model)
+    deployed = deploy.deployment_model(
+        model, rewrites=deploy.rewrites_for(mode)
+    )
     spec = tf.TensorSpec((1,) + size + (3,), tf.float32, name=INPUT_NAME)
     deployed.export(
         os.fspath(path),
@@ -710,7 +720,8 @@ def convert(
 ):
     """Converts a Keras model to a builtin-ops-only, batch-1 TFLite model.
 
-    The route is `deploy.deployment_model(model)` -> SavedModel with a
+    The route is `deploy.deployment_model(model)` (with the mode's
+    `deploy.rewrites_for`) -> SavedModel with a
     fixed `(1, height, width, 3)` float32 signature ->
     `tf.lite.TFLiteConverter.from_saved_model` with the TFLite builtin op
     set only. A graph needing a Flex (SELECT_TF_OPS) op raises
@@ -775,7 +786,7 @@ def convert(
         model = logits_model(model)
     with tempfile.TemporaryDirectory() as tmp:
         saved_model_dir = os.path.join(tmp, "saved_model")
-        export_saved_model(model, saved_model_dir, image_size)
+        export_saved_model(model, saved_model_dir, image_size, mode)
         return _convert_saved_model(
             saved_model_dir,
             output_path,
@@ -1530,24 +1541,31 @@ def compare_conversions(
     )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        saved_model_dir = os.path.join(tmp, "saved_model")
-        export_saved_model(logits, saved_model_dir, image_size)
-        float32 = None
+        saved_models = {}  # One per set of deployment rewrites.
+
+        def saved_model(mode):
+            rewrites = deploy.rewrites_for(mode)
+            if rewrites not in saved_models:
+                path = os.path.join(tmp, f"saved_model_{len(saved_models)}")
+                export_saved_model(logits, path, image_size, mode)
+                saved_models[rewrites] = path
+            return saved_models[rewrites]
+
         for name in variants:
             kwargs = dict(CONVERSION_VARIANTS[name])
             progress(f"Converting {name}")
             if kwargs.pop("quantizer", None) == "ai_edge_quantizer":
-                if float32 is None:
-                    float32 = convert_saved_model(saved_model_dir)
+                # The quantizer takes a float model: the integer graph's.
+                float32 = convert_saved_model(saved_model("int8"))
                 tflite = quantize_with_ai_edge_quantizer(
                     float32, calibration_data
                 )
             else:
                 if kwargs["mode"] in ("int8", "int16x8"):
                     kwargs["calibration_data"] = calibration_data
-                tflite = convert_saved_model(saved_model_dir, **kwargs)
-                if name == "float32":
-                    float32 = tflite
+                tflite = convert_saved_model(
+                    saved_model(kwargs["mode"]), **kwargs
+                )
             progress(f"Evaluating {name}")
             outputs = TFLiteModel(tflite, num_threads=num_threads)(images)
             coverage = xnnpack_coverage(tflite)

@@ -632,8 +632,12 @@ class SplitChannels(keras.layers.Layer):
         return config
 
 
-def _unit_layers(model, prefix):
-    """The layers of a ShuffleNet unit by role, or None if not fusable."""
+def _unit_layers(model, prefix, shuffle_slices=True):
+    """The layers of a ShuffleNet unit by role, or None if not fusable.
+
+    `shuffle_slices` also requires the shuffle to regroup the bottleneck
+    as contiguous slices (`shuffle_plan`), as `FusedShuffleUnit` does.
+    """
     def get(suffix):
         try:
             return model.get_layer(f"{prefix}_{suffix}")
@@ -682,7 +686,9 @@ def _unit_layers(model, prefix):
     )
     if not ok:
         return None
-    if shuffle_plan(gconv1.filters, gconv1.groups, unit["shuffle"]) is None:
+    if shuffle_slices and shuffle_plan(
+        gconv1.filters, gconv1.groups, unit["shuffle"]
+    ) is None:
         return None
     return unit
 
@@ -719,11 +725,15 @@ def _tail_layers(model, prefix):
     return layers if ok else None
 
 
-def fusable_layers(model):
+def fusable_layers(model, shuffle_slices=True):
     """The stride-1 units and branch tails of a ShuffleNet that can fuse.
 
     Args:
         model: A functional model from `ShuffleNet(...)`.
+        shuffle_slices: Whether a unit's shuffle must map the groups to
+            contiguous slices (`shuffle_plan`), which `FusedShuffleUnit`
+            needs; units failing only that count as tails. Defaults to
+            True.
 
     Returns:
         `(units, tails)`: `units` maps each fusable unit's first group conv
@@ -738,7 +748,7 @@ def fusable_layers(model):
     for layer in model.layers:
         if layer.name.endswith("_dwconv_bn"):
             prefix = layer.name[: -len("_dwconv_bn")]
-            unit = _unit_layers(model, prefix)
+            unit = _unit_layers(model, prefix, shuffle_slices)
             if unit is not None:
                 units[unit["gconv1"]] = unit
                 continue

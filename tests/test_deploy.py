@@ -209,3 +209,113 @@ def test_converted_float32_graph_has_no_pool_sub_or_standalone_relu():
     report = export.model_report(tflite)
     assert report["max_tensor_rank"] == 4
     assert report["xnnpack"]["pieces"] == 1
+
+
+def wide(**kwargs):
+    """1x g=3 at 32x32: stages 3 and 4 have 40 and 80 bottleneck channels
+    per group, enough for `"groupwise_units"`; stage 2 has 20."""
+    kwargs.setdefault("scale", 1.0)
+    return tiny(**kwargs)
+
+
+def groupwise_units(model):
+    return [
+        layer.name for layer in model.layers
+        if isinstance(layer, deploy.GroupwiseShuffleUnit)
+    ]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"groups": 8, "shuffle_order": "official"}, {"shuffle": False}],
+    ids=["g3", "g8-official-order", "no-shuffle"],
+)
+def test_groupwise_units_compute_the_same_function(kwargs):
+    model = wide(**kwargs)
+    deployed = deploy.deployment_model(model, rewrites=("groupwise_units",))
+    names = groupwise_units(deployed)
+    groups = kwargs.get("groups", 3)
+    # Stride-1 units with >= GROUPWISE_MIN_CHANNELS bottleneck channels
+    # per group: 1x g=3 stages 3 and 4 (7 + 3), 1x g=8 stage 4 (3).
+    expected = [f"stage4_unit{u}_groupwise" for u in (2, 3, 4)]
+    if groups == 3:
+        expected = [f"stage3_unit{u}_groupwise" for u in range(2, 9)] + (
+            expected
+        )
+    assert names == expected
+    x = images()
+    scale = float(np.max(np.abs(model(x))))
+    assert scale > 0.5
+    assert max_abs_diff(model, deployed, x) < 5e-6 * scale
+
+
+def test_groupwise_unit_folds_batch_norms_into_per_group_kernels():
+    model = wide()
+    deployed = deploy.deployment_model(model)
+    unit = deployed.get_layer("stage3_unit2_groupwise")
+    assert (unit.groups, unit.bottleneck) == (3, 120)
+    norm = model.get_layer("stage3_unit2_gconv1_bn")
+    gamma, beta, mean, variance = norm.get_weights()
+    scale = gamma / np.sqrt(variance + norm.epsilon)
+    (kernel,) = model.get_layer("stage3_unit2_gconv1").get_weights()
+    np.testing.assert_allclose(
+        np.asarray(unit.kernel1), kernel[0, 0] * scale, rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        np.asarray(unit.bias1), beta - mean * scale, rtol=1e-5, atol=1e-6
+    )
+    # The stage-2 units stay the model's layers.
+    assert isinstance(
+        deployed.get_layer("stage2_unit2_gconv1"), ks.PointwiseGroupConv2D
+    )
+
+
+def test_groupwise_deployment_round_trips_through_a_safe_keras_file(
+    tmp_path,
+):
+    deployed = deploy.deployment_model(wide())
+    path = tmp_path / "deployed.keras"
+    deployed.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert groupwise_units(loaded) == groupwise_units(deployed)
+    x = images()
+    np.testing.assert_allclose(
+        np.asarray(loaded(x)), np.asarray(deployed(x)), atol=1e-6
+    )
+
+
+def test_groupwise_unit_needs_a_bottleneck_divisible_by_groups():
+    with pytest.raises(ValueError, match=r"`bottleneck` \(10\) must be"):
+        deploy.GroupwiseShuffleUnit(3, 10)
+    unit = deploy.GroupwiseShuffleUnit(3, 12)
+    with pytest.raises(ValueError, match="takes 3 tensors, one per group"):
+        unit.build([(1, 4, 4, 8)] * 2)
+
+
+def test_only_float_conversions_get_the_groupwise_graph():
+    assert "groupwise_units" in deploy.rewrites_for("float32")
+    assert "groupwise_units" in deploy.rewrites_for("float16")
+    for mode in ("dynamic", "int8", "int16x8"):
+        assert deploy.rewrites_for(mode) == deploy.INTEGER_REWRITES
+    model = wide(classifier_activation="softmax")
+    float32 = collections.Counter(export.op_list(export.convert(model)))
+    # Per unit: 3 + 3 dense CONV_2Ds; the bottleneck is split once per
+    # unit, the wide activations once per stage.
+    assert float32["SPLIT"] == 10 + 2
+    assert float32["CONV_2D"] == 1 + 2 * 6 + 6 * 10
+    rng = np.random.default_rng(0)
+    calibration = rng.uniform(0, 255, (4, SIZE, SIZE, 3)).astype("float32")
+    int8 = export.convert(
+        model, mode="int8", calibration_data=calibration, logits=True
+    )
+    ops = collections.Counter(export.op_list(int8))
+    assert "SPLIT" not in ops
+    assert ops["CONV_2D"] == 1 + 2 * 16
+    assert export.xnnpack_coverage(int8)["pieces"] == 1
+
+
+def test_logits_of_a_deployment_graph_are_not_rewritten_again():
+    deployed = deploy.deployment_model(wide(classifier_activation="softmax"))
+    logits = export.logits_model(deployed)
+    assert logits.deployment_options == deployed.deployment_options
+    assert deploy.deployment_model(logits) is logits

@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from keras_shufflenet import cli  # noqa: E402
 from keras_shufflenet import data  # noqa: E402
+from keras_shufflenet import deploy  # noqa: E402
 from keras_shufflenet import export  # noqa: E402
 
 _MODEL = flags.DEFINE_string("model", None, "A .keras model to convert.")
@@ -140,8 +141,14 @@ def main(argv):
         "logits": _LOGITS.value,
     }
     if _MODE.value == "int8" and _QUANTIZER.value == "ai_edge_quantizer":
+        # The quantizer gets the float model of the integer graph.
         float_model = export.convert(
-            model, mode="float32", image_size=size, logits=_LOGITS.value
+            deploy.deployment_model(
+                model, rewrites=deploy.rewrites_for("int8")
+            ),
+            mode="float32",
+            image_size=size,
+            logits=_LOGITS.value,
         )
         tflite = export.quantize_with_ai_edge_quantizer(
             float_model,
