@@ -9,6 +9,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import time
 
@@ -174,24 +175,37 @@ def default_models():
     return list(SHUFFLENETS.values()) + list(PEERS.values())
 
 
+_SHUFFLENET_NAME = re.compile(r"shufflenet_(\d+(?:\.\d+)?)x_g(\d+)")
+
+
 def model_specs(names):
     """Looks up `ModelSpec`s by name (see `SHUFFLENETS` and `PEERS`).
 
     Args:
-        names: Model names, such as `"shufflenet_1.0x_g3"` or
-            `"mobilenet_0.5"`.
+        names: Model names, such as `"mobilenet_0.5"` or
+            `"shufflenet_<scale>x_g<groups>"` for any ShuffleNet, e.g.
+            `"shufflenet_1.0x_g1"`.
 
     Returns:
         A list of `ModelSpec`s in the given order.
     """
+    from keras_shufflenet.shufflenet import shufflenet_widths
+
     known = {**SHUFFLENETS, **PEERS}
     specs = []
     for name in names:
-        if name not in known:
+        match = _SHUFFLENET_NAME.fullmatch(name)
+        if name in known:
+            specs.append(known[name])
+        elif match:
+            scale, groups = float(match[1]), int(match[2])
+            shufflenet_widths(scale, groups)  # Names a bad scale or groups.
+            specs.append(shufflenet_spec(scale, groups))
+        else:
             raise ValueError(
-                f"Unknown model {name!r}; expected one of {sorted(known)}."
+                f"Unknown model {name!r}; expected one of {sorted(known)} "
+                "or shufflenet_<scale>x_g<groups>."
             )
-        specs.append(known[name])
     return specs
 
 
@@ -510,7 +524,13 @@ def convert_cached(spec, resolution, mode, cache_dir,
     start = time.perf_counter()
     model = spec.build((height, width, 3), logits=mode == "int8")
     if spec.deployment is not None:
-        model = deploy.deployment_model(model, **dict(spec.deployment))
+        deployment = dict(spec.deployment)
+        if "rewrites" in deployment:  # Only those the mode takes.
+            deployment["rewrites"] = tuple(
+                r for r in deployment["rewrites"]
+                if r in deploy.rewrites_for(mode)
+            )
+        model = deploy.deployment_model(model, **deployment)
     export.convert(
         model,
         path,

@@ -14,6 +14,8 @@ import tensorflow as tf
 import keras
 import keras_shufflenet as ks
 from keras_shufflenet import benchmark
+from keras_shufflenet import deploy
+from keras_shufflenet import export
 
 RESOLUTION = "160x160"
 
@@ -113,6 +115,41 @@ def test_bad_arguments_are_refused_with_a_clear_message(tmp_path):
         benchmark.parse_resolution("224")
     with pytest.raises(ValueError, match="Unknown model 'resnet50'"):
         benchmark.model_specs(["resnet50"])
+    with pytest.raises(ValueError, match="groups"):
+        benchmark.model_specs(["shufflenet_1.0x_g5"])
+
+
+def test_any_shufflenet_is_named_by_scale_and_groups():
+    g1, table8 = benchmark.model_specs(
+        ["shufflenet_1.0x_g1", "shufflenet_2.0x_g3"]
+    )
+    assert g1.name == "shufflenet_1.0x_g1" and g1.family == "shufflenet"
+    assert dict(g1.kwargs) == {"scale": 1.0, "groups": 1}
+    assert table8 is benchmark.SHUFFLENETS["shufflenet_2.0x_g3"]
+    model = g1.build((64, 64, 3), logits=True)
+    assert model.get_layer("stage2_unit2_gconv1").groups == 1
+
+
+def test_a_spec_s_rewrites_are_limited_to_those_its_mode_takes(
+    tmp_path, monkeypatch
+):
+    calls = []
+
+    def convert(model, path, **kwargs):
+        calls.append((kwargs["mode"], model.deployment_options["rewrites"]))
+
+    monkeypatch.setattr(export, "convert", convert)
+    spec = benchmark.with_deployment(
+        benchmark.shufflenet_spec(0.5, 3), "[all]", rewrites=deploy.REWRITES
+    )
+    for mode in ("float32", "int8"):
+        benchmark.convert_cached(
+            spec, (64, 64), mode, tmp_path, num_calibration_images=1
+        )
+    assert calls == [
+        ("float32", deploy.REWRITES),
+        ("int8", deploy.INTEGER_REWRITES),
+    ]
     with pytest.raises(ValueError, match="Expected a .tflite"):
         benchmark.tflite_spec("model.onnx")
     with pytest.raises(FileNotFoundError, match="missing.tflite"):

@@ -23,6 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from keras_shufflenet import benchmark  # noqa: E402
+from keras_shufflenet import deploy  # noqa: E402
 from keras_shufflenet import files  # noqa: E402
 
 _MODELS = flags.DEFINE_list(
@@ -39,6 +40,12 @@ _BASELINE = flags.DEFINE_bool(
     False,
     "Also time each ShuffleNet converted straightforwardly (native grouped "
     "convs, no deployment rewrites), suffixed [straightforward].",
+)
+_WITHOUT_REWRITES = flags.DEFINE_list(
+    "without_rewrites",
+    [],
+    "Also time each ShuffleNet with one of these deployment rewrites "
+    "left out, suffixed [-REWRITE], to measure what each gives.",
 )
 _RESOLUTIONS = flags.DEFINE_list(
     "resolutions", list(benchmark.RESOLUTIONS), "HEIGHTxWIDTH sizes."
@@ -118,6 +125,21 @@ def main(argv):
             benchmark.with_deployment(spec, "[straightforward]", rewrites=())
             for spec in specs
             if spec.family == "shufflenet"
+        ]
+    for rewrite in _WITHOUT_REWRITES.value:
+        if rewrite not in deploy.REWRITES:
+            raise app.UsageError(
+                f"--without_rewrites: {rewrite!r} is not one of "
+                f"{', '.join(deploy.REWRITES)}."
+            )
+        specs += [
+            benchmark.with_deployment(
+                spec,
+                f"[-{rewrite}]",
+                rewrites=tuple(r for r in deploy.REWRITES if r != rewrite),
+            )
+            for spec in specs
+            if spec.family == "shufflenet" and spec.deployment is None
         ]
     specs += [benchmark.tflite_spec(path) for path in _TFLITE.value]
     large = {
