@@ -20,8 +20,9 @@ REWRITES = (
     "shuffle_after_stride",
     "groupwise_units",
 )
-# XNNPACK's int8 kernels run the per-group graph 12% slower (1x g=3 at
-# 224x224 on x86), so integer conversions leave it out.
+# XNNPACK runs the per-group graph slower with int8 activations (1x g=3 at
+# 224x224 on x86: 12%) and with dynamic-range weights (12-18%), so those
+# conversions leave it out.
 INTEGER_REWRITES = tuple(r for r in REWRITES if r != "groupwise_units")
 # "groupwise_units" applies to units with at least this many bottleneck
 # channels per group: with fewer (1x g=3 stage 2 has 20), the group conv
@@ -37,8 +38,9 @@ def rewrites_for(mode):
 
     Returns:
         `REWRITES` for float32 and float16 models, `INTEGER_REWRITES`
-        otherwise (quantized kernels were measured slower on the
-        per-group graph, or not measured).
+        otherwise: XNNPACK's int8 and dynamic-range kernels run the
+        per-group graph slower, and int16x8 runs on TFLite's builtin
+        kernels.
     """
     return REWRITES if mode in ("float32", "float16") else INTEGER_REWRITES
 
