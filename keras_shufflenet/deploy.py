@@ -24,10 +24,16 @@ REWRITES = (
 # 224x224 on x86: 12%) and with dynamic-range weights (12-18%), so those
 # conversions leave it out.
 INTEGER_REWRITES = tuple(r for r in REWRITES if r != "groupwise_units")
-# "groupwise_units" applies to units with at least this many bottleneck
-# channels per group: with fewer (1x g=3 stage 2 has 20), the group conv
-# gains nothing and the extra copies cost 1.5% (float32 XNNPACK on x86).
-GROUPWISE_MIN_CHANNELS = 32
+# Which units "groupwise_units" rewrites (`_is_groupwise`), from per-stage
+# float32 measurements at 224x224 on x86: 2x g=3 gains in all three stages
+# (-0.36, -0.47, -0.13 ms), 1x in stage 3 (40 channels per group at 14x14:
+# -0.15 ms); a per-group bottleneck of 20 channels (1x stage 2, 0.5x stage
+# 3) or of 40 or 80 at 7x7 (0.5x, 1x stage 4) gains nothing or loses:
+# there, the extra ops cost what the dense convolutions save.
+GROUPWISE_MIN_CHANNELS = 32  # Bottleneck channels per group.
+GROUPWISE_MIN_VALUES = 14 * 14 * 40  # Per-group bottleneck values.
+# XNNPACK delegates SPLIT into at most 4 and CONCATENATION of at most 5.
+GROUPWISE_MAX_GROUPS = 4
 
 
 def rewrites_for(mode):
@@ -73,8 +79,10 @@ def deployment_model(
       moves from before the 3x3/2 depthwise convolution to after its batch
       norm, on a tensor 4 times smaller. A permutation commutes with
       per-channel operations once their weights are permuted.
-    - `"groupwise_units"`: runs of stride-1 units (with at least
-      `GROUPWISE_MIN_CHANNELS` bottleneck channels per group) pass their
+    - `"groupwise_units"`: runs of stride-1 units with wide enough
+      per-group bottlenecks (at least `GROUPWISE_MIN_CHANNELS` channels
+      and, where the size is static, `GROUPWISE_MIN_VALUES` values) and at
+      most `GROUPWISE_MAX_GROUPS` groups pass their
       activations on as one tensor per group, and each unit becomes a
       `GroupwiseShuffleUnit`: its group convolutions are one dense
       CONV_2D per group on a contiguous tensor, which XNNPACK runs faster
@@ -427,10 +435,7 @@ def _groupwise_units(model):
 
     units, _ = fused.fusable_layers(model, shuffle_slices=False)
     units = {
-        gconv1: unit
-        for gconv1, unit in units.items()
-        if gconv1.groups > 1
-        and gconv1.filters // gconv1.groups >= GROUPWISE_MIN_CHANNELS
+        gconv1: unit for gconv1, unit in units.items() if _is_groupwise(gconv1)
     }
     if not units:
         return model
@@ -443,6 +448,20 @@ def _groupwise_units(model):
         else:
             graph.call(layer)
     return graph.model(model.name)
+
+
+def _is_groupwise(gconv1):
+    """Whether `"groupwise_units"` rewrites the unit of this group conv."""
+    if not 1 < gconv1.groups <= GROUPWISE_MAX_GROUPS:
+        return False
+    channels = gconv1.filters // gconv1.groups
+    height, width = gconv1.input.shape[1:3]
+    if height is None or width is None:
+        return channels >= GROUPWISE_MIN_CHANNELS
+    return (
+        channels >= GROUPWISE_MIN_CHANNELS
+        and height * width * channels >= GROUPWISE_MIN_VALUES
+    )
 
 
 def _folded(norm):

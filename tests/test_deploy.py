@@ -212,10 +212,16 @@ def test_converted_float32_graph_has_no_pool_sub_or_standalone_relu():
 
 
 def wide(**kwargs):
-    """1x g=3 at 32x32: stages 3 and 4 have 40 and 80 bottleneck channels
-    per group, enough for `"groupwise_units"`; stage 2 has 20."""
+    """1x at 32x32: stages 3 and 4 have 40 and 80 bottleneck channels per
+    group at g=3 (34 and 68 at g=4), stage 2 has 20 (17)."""
     kwargs.setdefault("scale", 1.0)
     return tiny(**kwargs)
+
+
+@pytest.fixture
+def any_size(monkeypatch):
+    """`"groupwise_units"` on small images too (no minimum of values)."""
+    monkeypatch.setattr(deploy, "GROUPWISE_MIN_VALUES", 0)
 
 
 def groupwise_units(model):
@@ -225,31 +231,48 @@ def groupwise_units(model):
     ]
 
 
+WIDE_UNITS = [f"stage3_unit{u}_groupwise" for u in range(2, 9)] + [
+    f"stage4_unit{u}_groupwise" for u in (2, 3, 4)
+]
+
+
 @pytest.mark.parametrize(
     "kwargs",
-    [{}, {"groups": 8, "shuffle_order": "official"}, {"shuffle": False}],
-    ids=["g3", "g8-official-order", "no-shuffle"],
+    [{}, {"shuffle_order": "official"}, {"groups": 4}, {"shuffle": False}],
+    ids=["g3", "g3-official-order", "g4", "no-shuffle"],
 )
-def test_groupwise_units_compute_the_same_function(kwargs):
+def test_groupwise_units_compute_the_same_function(kwargs, any_size):
     model = wide(**kwargs)
     deployed = deploy.deployment_model(model, rewrites=("groupwise_units",))
-    names = groupwise_units(deployed)
-    groups = kwargs.get("groups", 3)
-    # Stride-1 units with >= GROUPWISE_MIN_CHANNELS bottleneck channels
-    # per group: 1x g=3 stages 3 and 4 (7 + 3), 1x g=8 stage 4 (3).
-    expected = [f"stage4_unit{u}_groupwise" for u in (2, 3, 4)]
-    if groups == 3:
-        expected = [f"stage3_unit{u}_groupwise" for u in range(2, 9)] + (
-            expected
-        )
-    assert names == expected
+    # Every stride-1 unit with >= 32 bottleneck channels per group.
+    assert groupwise_units(deployed) == WIDE_UNITS
     x = images()
     scale = float(np.max(np.abs(model(x))))
     assert scale > 0.5
     assert max_abs_diff(model, deployed, x) < 5e-6 * scale
 
 
-def test_groupwise_unit_folds_batch_norms_into_per_group_kernels():
+@pytest.mark.parametrize(
+    "scale, groups, stages",
+    [(0.5, 3, ()), (1.0, 3, (3,)), (2.0, 3, (2, 3, 4)), (1.0, 8, ())],
+)
+def test_groupwise_units_go_where_they_were_measured_faster(
+    scale, groups, stages
+):
+    # At 224x224: 2x g=3 in every stage, 1x in stage 3 only (stage 2 has
+    # 20 channels per group, stage 4 is 7x7), 0.5x nowhere; g=8 nowhere,
+    # XNNPACK would not delegate the 8-way SPLIT and CONCATENATION.
+    model = ks.ShuffleNet(scale, groups, input_shape=(224, 224, 3))
+    deployed = deploy.deployment_model(model)
+    units = {2: range(2, 5), 3: range(2, 9), 4: range(2, 5)}
+    assert groupwise_units(deployed) == [
+        f"stage{stage}_unit{u}_groupwise"
+        for stage in stages
+        for u in units[stage]
+    ]
+
+
+def test_groupwise_unit_folds_batch_norms_into_per_group_kernels(any_size):
     model = wide()
     deployed = deploy.deployment_model(model)
     unit = deployed.get_layer("stage3_unit2_groupwise")
@@ -271,7 +294,7 @@ def test_groupwise_unit_folds_batch_norms_into_per_group_kernels():
 
 
 def test_groupwise_deployment_round_trips_through_a_safe_keras_file(
-    tmp_path,
+    tmp_path, any_size
 ):
     deployed = deploy.deployment_model(wide())
     path = tmp_path / "deployed.keras"
@@ -292,7 +315,7 @@ def test_groupwise_unit_needs_a_bottleneck_divisible_by_groups():
         unit.build([(1, 4, 4, 8)] * 2)
 
 
-def test_only_float_conversions_get_the_groupwise_graph():
+def test_only_float_conversions_get_the_groupwise_graph(any_size):
     assert "groupwise_units" in deploy.rewrites_for("float32")
     assert "groupwise_units" in deploy.rewrites_for("float16")
     for mode in ("dynamic", "int8", "int16x8"):
@@ -314,8 +337,13 @@ def test_only_float_conversions_get_the_groupwise_graph():
     assert export.xnnpack_coverage(int8)["pieces"] == 1
 
 
-def test_logits_of_a_deployment_graph_are_not_rewritten_again():
+def test_logits_of_a_deployment_graph_are_not_rewritten_again(any_size):
     deployed = deploy.deployment_model(wide(classifier_activation="softmax"))
     logits = export.logits_model(deployed)
     assert logits.deployment_options == deployed.deployment_options
     assert deploy.deployment_model(logits) is logits
+
+
+def test_eight_groups_stay_one_xnnpack_piece(any_size):
+    tflite = export.convert(wide(groups=8))
+    assert export.xnnpack_coverage(tflite)["pieces"] == 1
