@@ -27,6 +27,7 @@ MODES = ("float32", "int8")
 TIMERS = ("wall", "cpu")
 DEFAULT_NUM_RUNS = 50
 DEFAULT_WARMUP = 5
+DEFAULT_LAYOUTS = 2
 DEFAULT_CALIBRATION_IMAGES = 8
 # Sources that define the converted graphs, so they key the cache. The
 # converter settings (export.py) do not: clear the cache after changing
@@ -288,6 +289,44 @@ def interleaved_schedule(names, rounds):
     return [
         (r, names[(r + i) % n]) for r in range(rounds) for i in range(n)
     ]
+
+
+def creation_orders(n, layouts, seed=0):
+    """Orders in which to create `n` interpreters, one per layout.
+
+    Forward, then reverse (so a bias by creation rank cancels over the
+    two), then seeded random permutations.
+
+    Args:
+        n: Number of interpreters.
+        layouts: Number of orders.
+        seed: Seed of the random orders. Defaults to 0.
+
+    Returns:
+        A list of `layouts` lists, each a permutation of `range(n)`.
+    """
+    rng = np.random.default_rng(seed)
+    orders = []
+    for layout in range(layouts):
+        if layout == 0:
+            orders.append(list(range(n)))
+        elif layout == 1:
+            orders.append(list(reversed(range(n))))
+        else:
+            orders.append([int(i) for i in rng.permutation(n)])
+    return orders
+
+
+def _pooled(a, b):
+    """`measure`'s times of one model over two blocks, as one."""
+    if a is None:
+        return b
+    return {
+        "wall": a["wall"] + b["wall"],
+        "cpu": a["cpu"] + b["cpu"],
+        "process_cpu_s": a["process_cpu_s"] + b["process_cpu_s"],
+        "wall_s": a["wall_s"] + b["wall_s"],
+    }
 
 
 def _os_threads():
@@ -619,6 +658,7 @@ def run_benchmark(
     cache_dir=None,
     num_calibration_images=DEFAULT_CALIBRATION_IMAGES,
     timer="wall",
+    layouts=DEFAULT_LAYOUTS,
     progress=None,
 ):
     """Converts (cached) and times every model, mode and resolution.
@@ -626,6 +666,13 @@ def run_benchmark(
     All models and modes at one resolution are loaded together and timed
     interleaved (`measure`); resolutions are timed one after another. A
     user `.tflite` runs once, at its own resolution and type.
+
+    Where a model's memory lands biases its latency: interpreters created
+    first ran 3-11% slower than identical ones created later (x86, LiteRT
+    2.3). So the timed runs are split into `layouts` blocks, and before
+    each block every interpreter is created anew, in forward order, then
+    reverse order, then seeded random orders; the blocks' times are
+    pooled.
 
     Reference:
         Zhang et al., "ShuffleNet", section 4.5 and Table 8 (single-thread
@@ -647,12 +694,18 @@ def run_benchmark(
         timer: `"wall"` (default) or `"cpu"`, the calling thread's CPU
             time: immune to other processes on a shared machine, and
             complete for one thread only.
+        layouts: Times every interpreter is created, each time in another
+            order, with the runs split among them. Defaults to 2.
         progress: Optional callable taking a status string.
 
     Returns:
         A dict: `environment`, `settings` and `results`, a list of row
         dicts (see `RESULT_FIELDS`).
     """
+    if not isinstance(layouts, int) or layouts < 1:
+        raise ValueError(
+            f"`layouts` must be a positive int. Received: layouts={layouts!r}"
+        )
     if timer not in TIMERS:
         raise ValueError(
             f"`timer` must be one of {TIMERS}. Received: timer={timer!r}"
@@ -694,22 +747,37 @@ def run_benchmark(
     if user:
         groups.append(("user", None, [(s, None, s.path) for s in user]))
 
+    threads_started = {}
     for name, resolution, entries in groups:
         if not entries:
             continue
         if progress:
             progress(f"timing {len(entries)} models at {name} ...")
-        runners = {}
-        for spec, mode, path in entries:
-            runners[(spec.name, mode, path)] = Runner(path, num_threads)
+        keys = [(spec.name, mode, path) for spec, mode, path in entries]
+        paths = {key: key[2] for key in keys}
         runs = num_runs_by_resolution.get(name, num_runs)
-        times = measure(runners, runs, warmup, progress)
+        times, runners = {}, {}
+        for layout, order in enumerate(creation_orders(len(keys), layouts)):
+            runners = {}  # The previous layout's interpreters go first.
+            for i in order:
+                runners[keys[i]] = Runner(paths[keys[i]], num_threads)
+            # The schedule keeps the entries' order; only memory moves.
+            runners = {key: runners[key] for key in keys}
+            share = runs // layouts + (layout < runs % layouts)
+            if share:
+                block = measure(runners, share, warmup, progress)
+                for key in keys:
+                    times[key] = _pooled(times.get(key), block[key])
+            for key in keys:
+                started = runners[key].threads_started
+                if started != num_threads - 1:
+                    threads_started[key] = started
+                threads_started.setdefault(key, started)
         for spec, mode, path in entries:
             key = (spec.name, mode, path)
-            runner = runners[key]
             row = _result_row(
-                spec, mode, path, resolution, runner, times[key],
-                num_threads, timer, complexities,
+                spec, mode, path, resolution, runners[key], times[key],
+                num_threads, timer, complexities, threads_started[key],
             )
             results.append(row)
         del runners
@@ -721,6 +789,7 @@ def run_benchmark(
             "num_runs_by_resolution": num_runs_by_resolution,
             "warmup": warmup,
             "timer": timer,
+            "layouts": layouts,
             "num_calibration_images": num_calibration_images,
             "delegate": "XNNPACK (LiteRT default)",
         },
@@ -770,7 +839,7 @@ def tflite_mode(tflite):
 
 
 def _result_row(spec, mode, path, resolution, runner, times, num_threads,
-                timer, complexities):
+                timer, complexities, threads_started):
     from keras_shufflenet import export
 
     with open(path, "rb") as f:
@@ -790,7 +859,7 @@ def _result_row(spec, mode, path, resolution, runner, times, num_threads,
     chosen = timing_stats(times[timer])
     cpu = timing_stats(times["cpu"])
     wall = timing_stats(times["wall"])
-    check = thread_check(times, num_threads, runner.threads_started)
+    check = thread_check(times, num_threads, threads_started)
     row = {
         "model": spec.name,
         "family": spec.family,
@@ -804,7 +873,7 @@ def _result_row(spec, mode, path, resolution, runner, times, num_threads,
             f"{k}x{v}" for k, v in coverage["ops_left_out"].items()
         ),
         "num_threads": num_threads,
-        "threads_started": runner.threads_started,
+        "threads_started": threads_started,
         "worker_cpu_share": check["worker_cpu_share"],
         "cpu_per_wall": check["cpu_per_wall"],
         "threads_ok": check["ok"],

@@ -313,3 +313,39 @@ def test_thread_setting_is_honoured(tiny_run, num_threads):
         assert check["worker_cpu_share"] < 0.2
     wrong = benchmark.thread_check(times["m"], 3, runner.threads_started)
     assert not wrong["ok"]
+
+
+def test_creation_orders_are_forward_reverse_then_seeded_permutations():
+    orders = benchmark.creation_orders(5, 4)
+    assert orders[0] == [0, 1, 2, 3, 4]
+    assert orders[1] == [4, 3, 2, 1, 0]
+    assert sorted(orders[2]) == sorted(orders[3]) == list(range(5))
+    assert orders[2] != orders[3]
+    assert benchmark.creation_orders(5, 4) == orders  # Seeded.
+
+
+def test_interpreters_are_recreated_per_layout_and_runs_pooled(
+    tiny_run, monkeypatch
+):
+    spec, cache, first, _ = tiny_run
+    monkeypatch.setattr(benchmark, "_source_digest", lambda: "fixed")
+    created = []
+    real_runner = benchmark.Runner
+
+    def runner(path, num_threads=1):
+        created.append(os.path.basename(path))
+        return real_runner(path, num_threads)
+
+    monkeypatch.setattr(benchmark, "Runner", runner)
+    result = benchmark.run_benchmark(
+        [spec], [RESOLUTION], ["float32", "int8"], num_runs=5, warmup=0,
+        cache_dir=cache, num_calibration_images=2, layouts=3,
+    )
+    float32, int8 = (r["path"] for r in first["results"])
+    names = [os.path.basename(float32), os.path.basename(int8)]
+    assert created == names + names[::-1] + created[4:]
+    assert sorted(created[4:]) == sorted(names)
+    assert [r["num_runs"] for r in result["results"]] == [5, 5]
+    assert result["settings"]["layouts"] == 3
+    with pytest.raises(ValueError, match="`layouts` must be a positive"):
+        benchmark.run_benchmark([spec], layouts=0)

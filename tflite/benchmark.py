@@ -72,6 +72,13 @@ _TIMER = flags.DEFINE_enum(
     "wall: elapsed time. cpu: the invoking thread's CPU time, which other "
     "processes on a shared machine do not inflate (one thread only).",
 )
+_LAYOUTS = flags.DEFINE_integer(
+    "layouts",
+    benchmark.DEFAULT_LAYOUTS,
+    "Times every interpreter is created anew (forward, reverse, then "
+    "random order), with the runs split among them: cancels the bias of "
+    "where a model's memory lands.",
+)
 _CALIBRATION_IMAGES = flags.DEFINE_integer(
     "calibration_images",
     benchmark.DEFAULT_CALIBRATION_IMAGES,
@@ -158,6 +165,7 @@ def main(argv):
         cache_dir=_CACHE_DIR.value,
         num_calibration_images=_CALIBRATION_IMAGES.value,
         timer=_TIMER.value,
+        layouts=_LAYOUTS.value,
         progress=progress,
     )
     paths = benchmark.write_outputs(result, _OUTPUT_DIR.value)
