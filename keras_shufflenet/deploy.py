@@ -87,7 +87,7 @@ def deployment_model(
       `GroupwiseShuffleUnit`: its group convolutions are one dense
       CONV_2D per group on a contiguous tensor, which XNNPACK runs faster
       than a grouped CONV_2D reading every group in place (float32 1x
-      g=3: 3% less latency, 2x g=3: 6%); its batch norms fold into the
+      g=3: 5% less latency, 2x g=3: 8%); its batch norms fold into the
       kernels. Only the narrow bottleneck is concatenated (for the
       shuffle) and split again. Float graphs only: see `rewrites_for`.
 
