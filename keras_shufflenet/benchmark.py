@@ -317,6 +317,50 @@ def creation_orders(n, layouts, seed=0):
     return orders
 
 
+def measure_in_layouts(paths, num_runs, warmup=DEFAULT_WARMUP,
+                       layouts=DEFAULT_LAYOUTS, num_threads=1,
+                       progress=None):
+    """`measure` with every interpreter created `layouts` times.
+
+    Where an interpreter's memory lands biases its latency (see
+    `run_benchmark`), so the runs are split into `layouts` blocks; before
+    each, every interpreter is created anew in the next of
+    `creation_orders`, and the blocks' times are pooled. The schedule keeps
+    the order of `paths`; only the memory moves.
+
+    Args:
+        paths: A dict from name to `.tflite` path, in schedule order.
+        num_runs: Timed invokes per model, over all layouts.
+        warmup: Untimed invokes per model in each layout. Defaults to 5.
+        layouts: Number of creation orders. Defaults to 2.
+        num_threads: Interpreter threads. Defaults to 1.
+        progress: Optional callable taking a status string.
+
+    Returns:
+        `(times, runners, threads_started)`: `measure`'s dict pooled over
+        the layouts, the last layout's `Runner`s, and per name the
+        `Runner.threads_started` of its first layout that started a wrong
+        number of threads, else of its last.
+    """
+    keys = list(paths)
+    times, runners, threads_started = {}, {}, {}
+    for layout, order in enumerate(creation_orders(len(keys), layouts)):
+        runners = {}  # The previous layout's interpreters go first.
+        for i in order:
+            runners[keys[i]] = Runner(paths[keys[i]], num_threads)
+        runners = {key: runners[key] for key in keys}
+        share = num_runs // layouts + (layout < num_runs % layouts)
+        if share:
+            block = measure(runners, share, warmup, progress)
+            for key in keys:
+                times[key] = _pooled(times.get(key), block[key])
+        for key in keys:
+            started = runners[key].threads_started
+            if threads_started.get(key, num_threads - 1) == num_threads - 1:
+                threads_started[key] = started
+    return times, runners, threads_started
+
+
 def _pooled(a, b):
     """`measure`'s times of one model over two blocks, as one."""
     if a is None:
@@ -747,32 +791,16 @@ def run_benchmark(
     if user:
         groups.append(("user", None, [(s, None, s.path) for s in user]))
 
-    threads_started = {}
     for name, resolution, entries in groups:
         if not entries:
             continue
         if progress:
             progress(f"timing {len(entries)} models at {name} ...")
-        keys = [(spec.name, mode, path) for spec, mode, path in entries]
-        paths = {key: key[2] for key in keys}
+        paths = {(spec.name, mode, path): path for spec, mode, path in entries}
         runs = num_runs_by_resolution.get(name, num_runs)
-        times, runners = {}, {}
-        for layout, order in enumerate(creation_orders(len(keys), layouts)):
-            runners = {}  # The previous layout's interpreters go first.
-            for i in order:
-                runners[keys[i]] = Runner(paths[keys[i]], num_threads)
-            # The schedule keeps the entries' order; only memory moves.
-            runners = {key: runners[key] for key in keys}
-            share = runs // layouts + (layout < runs % layouts)
-            if share:
-                block = measure(runners, share, warmup, progress)
-                for key in keys:
-                    times[key] = _pooled(times.get(key), block[key])
-            for key in keys:
-                started = runners[key].threads_started
-                if started != num_threads - 1:
-                    threads_started[key] = started
-                threads_started.setdefault(key, started)
+        times, runners, threads_started = measure_in_layouts(
+            paths, runs, warmup, layouts, num_threads, progress
+        )
         for spec, mode, path in entries:
             key = (spec.name, mode, path)
             row = _result_row(
@@ -953,6 +981,7 @@ def profile_blocks(
     warmup=DEFAULT_WARMUP,
     cache_dir=None,
     timer="wall",
+    layouts=DEFAULT_LAYOUTS,
     progress=None,
 ):
     """Times each block by converting the model truncated after it.
@@ -973,8 +1002,8 @@ def profile_blocks(
         mode: Conversion mode. Defaults to `"float32"`.
         blocks: `(block, last layer name)` pairs. Defaults to
             `shufflenet_blocks` of the model.
-        num_threads, num_runs, warmup, cache_dir, timer, progress: As in
-            `run_benchmark`.
+        num_threads, num_runs, warmup, cache_dir, timer, layouts,
+            progress: As in `run_benchmark`.
 
     Returns:
         A list of dicts, one per block: `block`, `layer`, `cumulative_ms`,
@@ -989,20 +1018,21 @@ def profile_blocks(
     model = spec.build(tuple(resolution) + (3,), logits=mode == "int8")
     if blocks is None:
         blocks = shufflenet_blocks(model)
-    runners, flops = {}, {}
+    paths, flops = {}, {}
     for block, layer in blocks:
         prefix = _prefix_spec(spec, block, layer)
-        path = convert_cached(
+        paths[block] = convert_cached(
             prefix, resolution, mode, cache_dir, progress=progress
         )
-        runners[block] = Runner(path, num_threads)
         flops[block] = complexity(prefix.build(
             tuple(resolution) + (3,), logits=mode == "int8"
         ))["flops"]
     if progress:
-        progress(f"timing {len(runners)} truncated models ...")
-    times = measure(runners, num_runs, warmup, progress)
-    medians = {b: timing_stats(times[b][timer])["median_ms"] for b in runners}
+        progress(f"timing {len(paths)} truncated models ...")
+    times, _, _ = measure_in_layouts(
+        paths, num_runs, warmup, layouts, num_threads, progress
+    )
+    medians = {b: timing_stats(times[b][timer])["median_ms"] for b in paths}
     return block_rows(blocks, medians, flops)
 
 

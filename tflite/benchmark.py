@@ -117,6 +117,7 @@ def main(argv):
             warmup=_WARMUP.value,
             cache_dir=_CACHE_DIR.value,
             timer=_TIMER.value,
+            layouts=_LAYOUTS.value,
             progress=progress,
         )
         table = benchmark.profile_table(rows)
