@@ -122,6 +122,29 @@ def with_deployment(spec, suffix, **deployment):
     )
 
 
+def without_rewrite(spec, rewrite):
+    """A copy of `spec` exported with one deployment rewrite left out.
+
+    Args:
+        spec: A Keras `ModelSpec` with the default deployment graph.
+        rewrite: A name in `deploy.REWRITES`.
+
+    Returns:
+        A `ModelSpec` named like `"shufflenet_1.0x_g3[-groupwise_units]"`.
+    """
+    from keras_shufflenet import deploy
+
+    if rewrite not in deploy.REWRITES:
+        raise ValueError(
+            f"{rewrite!r} is not one of {', '.join(deploy.REWRITES)}."
+        )
+    return with_deployment(
+        spec,
+        f"[-{rewrite}]",
+        rewrites=tuple(r for r in deploy.REWRITES if r != rewrite),
+    )
+
+
 def _peer_builder(name, **extra):
     def build(input_shape, logits):
         import keras

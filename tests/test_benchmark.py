@@ -130,6 +130,16 @@ def test_any_shufflenet_is_named_by_scale_and_groups():
     assert model.get_layer("stage2_unit2_gconv1").groups == 1
 
 
+def test_without_rewrite_leaves_exactly_one_rewrite_out():
+    spec = benchmark.without_rewrite(
+        benchmark.shufflenet_spec(1.0, 3), "groupwise_units"
+    )
+    assert spec.name == "shufflenet_1.0x_g3[-groupwise_units]"
+    assert dict(spec.deployment)["rewrites"] == deploy.INTEGER_REWRITES
+    with pytest.raises(ValueError, match="'fold_all' is not one of"):
+        benchmark.without_rewrite(spec, "fold_all")
+
+
 def test_a_spec_s_rewrites_are_limited_to_those_its_mode_takes(
     tmp_path, monkeypatch
 ):

@@ -23,7 +23,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from keras_shufflenet import benchmark  # noqa: E402
-from keras_shufflenet import deploy  # noqa: E402
 from keras_shufflenet import files  # noqa: E402
 
 _MODELS = flags.DEFINE_list(
@@ -134,21 +133,17 @@ def main(argv):
             for spec in specs
             if spec.family == "shufflenet"
         ]
+    shufflenets = [
+        spec for spec in specs
+        if spec.family == "shufflenet" and spec.deployment is None
+    ]
     for rewrite in _WITHOUT_REWRITES.value:
-        if rewrite not in deploy.REWRITES:
-            raise app.UsageError(
-                f"--without_rewrites: {rewrite!r} is not one of "
-                f"{', '.join(deploy.REWRITES)}."
-            )
-        specs += [
-            benchmark.with_deployment(
-                spec,
-                f"[-{rewrite}]",
-                rewrites=tuple(r for r in deploy.REWRITES if r != rewrite),
-            )
-            for spec in specs
-            if spec.family == "shufflenet" and spec.deployment is None
-        ]
+        try:
+            specs += [
+                benchmark.without_rewrite(spec, rewrite) for spec in shufflenets
+            ]
+        except ValueError as e:
+            raise app.UsageError(f"--without_rewrites: {e}") from None
     specs += [benchmark.tflite_spec(path) for path in _TFLITE.value]
     large = {
         name: _NUM_RUNS_LARGE.value
