@@ -262,13 +262,18 @@ class PointwiseGroupConv2D(keras.layers.Layer):
         self.built = True
 
     def _pointwise(self, x, kernel):
+        # A 1x1 convolution is a matrix product over the flattened pixels.
+        # As a MatMul it trains faster on CPU than as Conv2D, and in
+        # channels_first it needs no NCHW convolution, which TensorFlow's
+        # CPU kernels lack unless oneDNN is on.
+        shape = ops.shape(x)
+        filters = kernel.shape[-1]
         if self.data_format == "channels_last":
-            # A 1x1 convolution is a matrix product over the flattened
-            # pixels; as a MatMul it trains faster on CPU than as Conv2D.
-            shape = ops.shape(x)
             y = ops.matmul(ops.reshape(x, (-1, shape[-1])), kernel[0, 0])
-            return ops.reshape(y, (*shape[:-1], kernel.shape[-1]))
-        return ops.conv(x, kernel, data_format=self.data_format)
+            return ops.reshape(y, (*shape[:-1], filters))
+        pixels = ops.reshape(x, (shape[0], shape[1], -1))
+        y = ops.matmul(ops.transpose(kernel[0, 0]), pixels)
+        return ops.reshape(y, (shape[0], filters, shape[2], shape[3]))
 
     def call(self, inputs):
         kernel = ops.cast(self.kernel, self.compute_dtype)

@@ -1,5 +1,11 @@
 """Tests of ChannelShuffle and PointwiseGroupConv2D."""
 
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -8,6 +14,8 @@ import keras
 from keras_shufflenet import ChannelShuffle
 from keras_shufflenet import PointwiseGroupConv2D
 from keras_shufflenet import shuffle_permutation
+
+WORKER = pathlib.Path(__file__).parent / "channels_first_worker.py"
 
 
 def numpy_shuffle(x, groups, order="paper"):
@@ -121,16 +129,63 @@ def test_dense_kernel_is_block_diagonal_with_the_group_kernels():
     np.testing.assert_array_equal(dense, expected)
 
 
-def test_group_conv_supports_channels_first():
+@pytest.mark.parametrize("implementation", ["split", "grouped", "dense"])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_group_conv_supports_channels_first(groups, implementation):
     x = np.random.default_rng(4).normal(size=(1, 12, 3, 3)).astype("float32")
-    layer = PointwiseGroupConv2D(6, 2, data_format="channels_first")
+    layer = PointwiseGroupConv2D(
+        6, groups, implementation=implementation,
+        data_format="channels_first",
+    )
     y = keras.ops.convert_to_numpy(layer(x))
-    kernel = keras.ops.convert_to_numpy(layer.kernel)[0, 0]  # (6, 6)
+    kernel = layer.kernel.numpy()[0, 0]
     xs = np.moveaxis(x, 1, -1)
+    n_in, n_out = 12 // groups, 6 // groups
     expected = np.concatenate(
-        [xs[..., :6] @ kernel[:, :3], xs[..., 6:] @ kernel[:, 3:]], axis=-1
+        [
+            xs[..., g * n_in:(g + 1) * n_in]
+            @ kernel[:, g * n_out:(g + 1) * n_out]
+            for g in range(groups)
+        ],
+        axis=-1,
     )
     np.testing.assert_allclose(y, np.moveaxis(expected, -1, 1), atol=1e-5)
+
+
+def _channels_first_checks(tmp_path, onednn):
+    """Runs tests/channels_first_worker.py with oneDNN on or off."""
+    output = tmp_path / "result.json"
+    env = dict(
+        os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_ENABLE_ONEDNN_OPTS=onednn
+    )
+    result = subprocess.run(
+        [sys.executable, str(WORKER), str(output)],
+        capture_output=True, text=True, env=env, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(output.read_text())
+
+
+def test_channels_first_layers_run_without_onednn(tmp_path):
+    # TensorFlow's CPU kernels run NCHW convolutions only with oneDNN,
+    # which it turns on by itself on some CPUs; this pins it off.
+    result = _channels_first_checks(tmp_path, onednn="0")
+    assert result["runs_nchw"] is False
+    for name, error in result["layer_errors"].items():
+        assert error < 1e-5, name
+    # The model's keras.layers.Conv2D cannot run there: a clear warning.
+    assert len(result["warnings"]) == 1
+    assert "channels_first" in result["warnings"][0]
+    assert "channels_last" in result["warnings"][0]
+
+
+def test_channels_first_model_equals_channels_last_with_onednn(tmp_path):
+    result = _channels_first_checks(tmp_path, onednn="1")
+    assert result["runs_nchw"] is True
+    for name, error in result["layer_errors"].items():
+        assert error < 1e-5, name
+    assert result["warnings"] == []
+    assert result["model_relative_error"] < 1e-5
 
 
 def test_group_conv_refuses_indivisible_widths():
