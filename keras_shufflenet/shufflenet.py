@@ -6,8 +6,10 @@ Reference:
     Neural Network for Mobile Devices", CVPR 2018. Section 3 and Table 1.
 """
 
+import functools
 import math
 import os
+import warnings
 
 import keras
 from keras import layers
@@ -129,6 +131,50 @@ def _validate_scale_groups(scale, groups):
 
 def _channel_axis():
     return -1 if keras.config.image_data_format() == "channels_last" else 1
+
+
+@functools.cache
+def backend_runs_channels_first_conv():
+    """Whether the Keras backend runs NCHW (`channels_first`) convolutions.
+
+    JAX and torch always do. TensorFlow does on a GPU, but on a CPU only
+    when oneDNN is on, which TensorFlow decides by itself from the CPU
+    unless `TF_ENABLE_ONEDNN_OPTS` says otherwise; so this is probed once
+    with a 1x1 convolution rather than guessed.
+
+    Returns:
+        A bool.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return True
+    # Only the TensorFlow backend needs the probe.
+    import tensorflow as tf
+
+    with tf.init_scope():  # Run the probe eagerly, also inside a trace.
+        try:
+            tf.nn.conv2d(
+                tf.zeros((1, 1, 1, 1)), tf.zeros((1, 1, 1, 1)), 1, "VALID",
+                data_format="NCHW",
+            )
+        except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError):
+            return False
+    return True
+
+
+def _warn_if_channels_first_cannot_run():
+    if keras.config.image_data_format() == "channels_last":
+        return
+    if backend_runs_channels_first_conv():
+        return
+    warnings.warn(
+        "ShuffleNet: keras.config.image_data_format() is 'channels_first', "
+        "but TensorFlow cannot run NCHW convolutions on this CPU (oneDNN is "
+        "off), so the model's keras.layers.Conv2D layers will fail when "
+        "called. Build it with 'channels_last' (the weights are the "
+        "same in both layouts), set TF_ENABLE_ONEDNN_OPTS=1, or run it on a "
+        "GPU or on the JAX or torch backend.",
+        stacklevel=3,
+    )
 
 
 def _pad(x, name):
@@ -503,6 +549,7 @@ def ShuffleNet(
     input_shape = _check_input_shape(
         input_shape, input_tensor, include_preprocessing
     )
+    _warn_if_channels_first_cannot_run()
 
     if input_tensor is None:
         img_input = layers.Input(shape=input_shape, name="image")
@@ -603,13 +650,43 @@ def load_weights(model, path):
         )
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Weights file not found: {path}")
-    try:
-        model.load_weights(path)
-    except Exception as e:  # Keras raises several types for a bad file.
+    # Keras warns once per layer it finds no weights for, then may still
+    # succeed and leave those layers at their initial values: collect the
+    # warnings and turn them into one error that names the file.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model.load_weights(path)
+            error = None
+        except Exception as e:  # Keras raises several types for a bad file.
+            error = e
+    skipped = [w for w in caught if "Skipping" in str(w.message)]
+    for w in caught:
+        if w not in skipped:
+            warnings.warn_explicit(
+                w.message, w.category, w.filename, w.lineno
+            )
+    if error is not None or skipped:
+        reasons = []
+        if skipped:
+            reasons.append(
+                f"the file has no weights for {len(skipped)} of the model's "
+                "layers or containers."
+            )
+        if error is not None:
+            reasons.append(_summarize_load_error(error))
         raise ValueError(
             f"Could not load weights from {path} into model {model.name!r}; "
-            f"the file does not fit this architecture: {e}"
-        ) from e
+            f"the file does not fit this architecture: {' '.join(reasons)}"
+        ) from error
+
+
+def _summarize_load_error(error):
+    # Keras' message goes on to print the whole target variable's values.
+    text = str(error)
+    text = text[: text.find("Target variable")] if "Target variable" in text else text
+    text = " ".join(text.split())
+    return text if len(text) <= 600 else text[:597] + "..."
 
 
 def feature_extractor(model):
