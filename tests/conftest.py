@@ -21,7 +21,38 @@ except RuntimeError:  # Devices were initialised already.
     pass
 
 
+import keras  # noqa: E402
 import pytest  # noqa: E402
+
+from keras_shufflenet import shufflenet  # noqa: E402
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    """Seeds every fixture: what it builds does not depend on test order.
+
+    With `-n 2` a module fixture is built by whichever of a worker's tests
+    needs it first, after other tests drew from the global generators.
+    """
+    keras.utils.set_random_seed(0)
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    """Seeds every test body, for the same reason."""
+    keras.utils.set_random_seed(0)
+    yield
+
+
+def pytest_report_header():
+    """Says whether this run has NCHW convolutions (oneDNN) or not."""
+    runs = shufflenet.backend_runs_channels_first_conv()
+    setting = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset")
+    return (
+        f"TF_ENABLE_ONEDNN_OPTS={setting}; NCHW convolutions on this CPU: "
+        f"{'yes' if runs else 'no'}"
+    )
 
 
 @pytest.fixture(scope="session")
