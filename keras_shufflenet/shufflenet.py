@@ -683,8 +683,7 @@ def load_weights(model, path):
 
 def _summarize_load_error(error):
     # Keras' message goes on to print the whole target variable's values.
-    text = str(error)
-    text = text[: text.find("Target variable")] if "Target variable" in text else text
+    text = str(error).split("Target variable")[0]
     text = " ".join(text.split())
     return text if len(text) <= 600 else text[:597] + "..."
 

@@ -22,11 +22,26 @@ import keras_shufflenet as ks  # noqa: E402
 from keras_shufflenet import shufflenet  # noqa: E402
 
 
+def numpy_group_conv(x, kernel, groups):
+    """Section 3.2's pointwise group conv on the last axis, in numpy.
+
+    `kernel` has `Conv2D(groups=groups)`'s `(in / groups, out)` layout.
+    """
+    n_in, n_out = x.shape[-1] // groups, kernel.shape[-1] // groups
+    return np.concatenate(
+        [
+            x[..., g * n_in:(g + 1) * n_in]
+            @ kernel[:, g * n_out:(g + 1) * n_out]
+            for g in range(groups)
+        ],
+        axis=-1,
+    )
+
+
 def _layer_errors():
     """Largest error of each channels_first layer against numpy."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 12, 5, 3)).astype("float32")
-    x_last = np.moveaxis(x, 1, -1)
     errors = {}
     for groups in (1, 2, 3):
         for implementation in ("split", "grouped", "dense"):
@@ -35,15 +50,8 @@ def _layer_errors():
                 data_format="channels_first",
             )
             y = keras.ops.convert_to_numpy(layer(x))
-            kernel = layer.kernel.numpy()[0, 0]
-            n_in, n_out = 12 // groups, 6 // groups
-            expected = np.concatenate(
-                [
-                    x_last[..., g * n_in:(g + 1) * n_in]
-                    @ kernel[:, g * n_out:(g + 1) * n_out]
-                    for g in range(groups)
-                ],
-                axis=-1,
+            expected = numpy_group_conv(
+                np.moveaxis(x, 1, -1), layer.kernel.numpy()[0, 0], groups
             )
             key = f"PointwiseGroupConv2D g{groups} {implementation}"
             errors[key] = float(

@@ -14,6 +14,7 @@ import keras
 from keras_shufflenet import ChannelShuffle
 from keras_shufflenet import PointwiseGroupConv2D
 from keras_shufflenet import shuffle_permutation
+from tests.channels_first_worker import numpy_group_conv
 
 WORKER = pathlib.Path(__file__).parent / "channels_first_worker.py"
 
@@ -138,16 +139,8 @@ def test_group_conv_supports_channels_first(groups, implementation):
         data_format="channels_first",
     )
     y = keras.ops.convert_to_numpy(layer(x))
-    kernel = layer.kernel.numpy()[0, 0]
-    xs = np.moveaxis(x, 1, -1)
-    n_in, n_out = 12 // groups, 6 // groups
-    expected = np.concatenate(
-        [
-            xs[..., g * n_in:(g + 1) * n_in]
-            @ kernel[:, g * n_out:(g + 1) * n_out]
-            for g in range(groups)
-        ],
-        axis=-1,
+    expected = numpy_group_conv(
+        np.moveaxis(x, 1, -1), layer.kernel.numpy()[0, 0], groups
     )
     np.testing.assert_allclose(y, np.moveaxis(expected, -1, 1), atol=1e-5)
 
