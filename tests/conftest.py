@@ -45,6 +45,15 @@ def pytest_runtest_call(item):
     yield
 
 
+def pytest_collection_modifyitems(items):
+    """Starts the tests that share an expensive fixture (an xdist_group).
+
+    One worker runs a group's tests one after another; a group scheduled
+    last would leave the other worker idle at the end.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
+
+
 def pytest_report_header():
     """Says whether this run has NCHW convolutions (oneDNN) or not."""
     runs = shufflenet.backend_runs_channels_first_conv()

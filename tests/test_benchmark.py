@@ -263,6 +263,7 @@ def tiny_run(tmp_path_factory):
         yield spec, cache, result, messages
 
 
+@pytest.mark.xdist_group("tiny_run")
 def test_end_to_end_run_converts_times_and_reports(tiny_run):
     _, _, result, messages = tiny_run
     rows = {r["mode"]: r for r in result["results"]}
@@ -282,6 +283,7 @@ def test_end_to_end_run_converts_times_and_reports(tiny_run):
     assert sum("converting" in m for m in messages) == 2
 
 
+@pytest.mark.xdist_group("tiny_run")
 def test_second_run_reuses_the_cached_conversions(tiny_run, monkeypatch):
     spec, cache, first, _ = tiny_run
     monkeypatch.setattr(benchmark, "_source_digest", lambda: "fixed")
@@ -295,6 +297,7 @@ def test_second_run_reuses_the_cached_conversions(tiny_run, monkeypatch):
     assert second["results"][0]["path"] in paths
 
 
+@pytest.mark.xdist_group("tiny_run")
 def test_user_tflite_runs_at_its_own_size_and_type(tiny_run):
     _, _, first, _ = tiny_run
     int8 = next(r for r in first["results"] if r["mode"] == "int8")
@@ -309,6 +312,7 @@ def test_user_tflite_runs_at_its_own_size_and_type(tiny_run):
 
 
 @pytest.mark.parametrize("num_threads", [1, 2])
+@pytest.mark.xdist_group("tiny_run")
 def test_thread_setting_is_honoured(tiny_run, num_threads):
     _, _, first, _ = tiny_run
     path = next(r["path"] for r in first["results"] if r["mode"] == "float32")

@@ -151,6 +151,7 @@ def test_converted_model_matches_official_architecture(
     assert len(set(torch_logits.argmax(-1))) > 1
 
 
+@pytest.mark.xdist_group("checkpoint_05_g3")
 def test_equivalence_needs_the_shuffle_fix_and_bgr_reversal(checkpoint_05_g3):
     """Skipping either conversion step breaks equivalence: the test above
     can fail."""
@@ -177,6 +178,7 @@ def test_equivalence_needs_the_shuffle_fix_and_bgr_reversal(checkpoint_05_g3):
     assert max_differences(model, reference, images)[1] > 1e-2
 
 
+@pytest.mark.xdist_group("checkpoint_05_g3")
 def test_include_top_false_drops_only_the_classifier(checkpoint_05_g3):
     reference, path = checkpoint_05_g3
     backbone = official.from_official_checkpoint(
@@ -194,6 +196,7 @@ def test_include_top_false_drops_only_the_classifier(checkpoint_05_g3):
     )
 
 
+@pytest.mark.xdist_group("checkpoint_05_g3")
 def test_wrong_scale_names_the_configuration_it_looks_like(checkpoint_05_g3):
     _, path = checkpoint_05_g3
     with pytest.raises(ValueError) as error:
@@ -212,6 +215,7 @@ def test_wrong_groups_names_the_configuration_it_looks_like(tmp_path):
         official.from_official_checkpoint(path, 0.5, 3)
 
 
+@pytest.mark.xdist_group("checkpoint_05_g3")
 def test_infer_official_config_reads_widths_and_groups(checkpoint_05_g3):
     tensors = official.load_official_state_dict(checkpoint_05_g3[1])
     assert official.infer_official_config(tensors) == (
@@ -260,6 +264,7 @@ def test_shape_mismatch_names_tensor_and_both_shapes(
         assert part in message
 
 
+@pytest.mark.xdist_group("checkpoint_05_g3")
 def test_leftover_tensor_is_named(checkpoint_05_g3, tmp_path):
     def edit(state):
         state["module.features.16.branch_main_1.0.weight"] = torch.zeros(1)
@@ -273,6 +278,7 @@ def test_leftover_tensor_is_named(checkpoint_05_g3, tmp_path):
         official.from_official_checkpoint(path, 0.5, 3)
 
 
+@pytest.mark.xdist_group("checkpoint_05_g3")
 def test_missing_tensor_is_named(checkpoint_05_g3, tmp_path):
     def edit(state):
         del state["module.features.2.branch_main_2.1.running_var"]
@@ -286,6 +292,7 @@ def test_missing_tensor_is_named(checkpoint_05_g3, tmp_path):
         official.from_official_checkpoint(path, 0.5, 3)
 
 
+@pytest.mark.xdist_group("checkpoint_05_g3")
 def test_non_finite_tensor_is_refused(checkpoint_05_g3, tmp_path):
     def edit(state):
         state["module.features.0.branch_main_1.1.running_var"][3] = np.nan
@@ -298,6 +305,7 @@ def test_non_finite_tensor_is_refused(checkpoint_05_g3, tmp_path):
         official.from_official_checkpoint(path, 0.5, 3)
 
 
+@pytest.mark.xdist_group("checkpoint_05_g3")
 def test_truncated_file_error_names_the_path(checkpoint_05_g3, tmp_path):
     data = checkpoint_05_g3[1].read_bytes()
     path = tmp_path / "truncated.pth.tar"
@@ -336,6 +344,7 @@ def test_missing_checkpoint_file_is_named(tmp_path):
         official.from_official_checkpoint(tmp_path / "nothing.pth.tar", 0.5, 3)
 
 
+@pytest.mark.xdist_group("checkpoint_05_g3")
 def test_missing_torch_says_how_to_install_it(checkpoint_05_g3, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch fails.
     with pytest.raises(ImportError, match=r"keras_shufflenet\[torch\]"):

@@ -17,6 +17,9 @@ from keras_shufflenet import export
 SIZE = 64
 CLASSES = 10
 
+# The conversions are module fixtures: one worker builds them, once.
+pytestmark = pytest.mark.xdist_group("tflite")
+
 
 def _test_images(n, seed=0):
     """Pixel images with structure (blobs, gradients) spanning [0, 255]."""

@@ -290,6 +290,7 @@ def cpu_run(tmp_path_factory):
     return trainer, trainer.fit()
 
 
+@pytest.mark.xdist_group("cpu_run")
 def test_cpu_run_trains_to_final_step_and_counts_every_eval_example(cpu_run):
     trainer, result = cpu_run
     assert result.step == 6 == trainer.step
@@ -308,6 +309,7 @@ def test_cpu_run_trains_to_final_step_and_counts_every_eval_example(cpu_run):
     assert steps == [3, 6]
 
 
+@pytest.mark.xdist_group("cpu_run")
 def test_exported_model_reproduces_the_trained_model(cpu_run):
     trainer, result = cpu_run
     (_, _), (images, _) = data.load_digits_arrays(32)
@@ -347,6 +349,7 @@ def test_mirrored_float16_loss_scaling_skips_overflows_on_all_replicas(
         np.testing.assert_array_equal(copies[0], copies[1], weight.path)
 
 
+@pytest.mark.xdist_group("cpu_run")
 def test_trainer_steps_the_fused_training_graph_of_its_model(cpu_run):
     trainer, _ = cpu_run
     graph = trainer.train_model
@@ -489,6 +492,7 @@ def test_killed_run_resumes_from_its_checkpoint_on_the_same_schedule(
         assert value == pytest.approx(peak * (41 - step) / 40, rel=1e-4)
 
 
+@pytest.mark.xdist_group("cpu_run")
 def test_evaluate_program_reports_top1_of_a_folder_dataset(cpu_run, tmp_path):
     _, result = cpu_run
     (_, _), (images, labels) = data.load_digits_arrays(32)
