@@ -14,6 +14,7 @@ import warnings
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
 
 from keras_shufflenet import deploy
 from keras_shufflenet.files import write_atomic
@@ -607,10 +608,14 @@ def _convert_saved_model(
 
 
 def _saved_model_input_size(saved_model_dir):
-    loaded = tf.saved_model.load(saved_model_dir)
-    spec = loaded.signatures[SIGNATURE_KEY].structured_input_signature[1]
-    (tensor_spec,) = spec.values()
-    return tuple(tensor_spec.shape[1:3])
+    # The signature is in the proto; `tf.saved_model.load` would rebuild
+    # every function (seconds) to read two numbers.
+    saved_model = saved_model_pb2.SavedModel()
+    with open(os.path.join(saved_model_dir, "saved_model.pb"), "rb") as f:
+        saved_model.ParseFromString(f.read())
+    signature = saved_model.meta_graphs[0].signature_def[SIGNATURE_KEY]
+    (tensor_info,) = signature.inputs.values()
+    return tuple(d.size for d in tensor_info.tensor_shape.dim[1:3])
 
 
 def _debug_options(saved_model_dir, float_layers, what):
