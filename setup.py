@@ -8,7 +8,7 @@ import setuptools
 HERE = pathlib.Path(__file__).parent
 VERSION = re.search(
     r'__version__ = "([^"]+)"',
-    (HERE / "keras_shufflenet" / "__init__.py").read_text(),
+    (HERE / "keras_shufflenet" / "version.py").read_text(),
 ).group(1)
 
 setuptools.setup(
@@ -49,6 +49,8 @@ setuptools.setup(
             "pillow",
             "torch==2.13.0",
             "ai-edge-quantizer==0.10.0",
+            # .ci/run lints with the configuration in pyproject.toml.
+            "ruff>=0.15",
         ],
     },
     classifiers=[

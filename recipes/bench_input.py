@@ -19,7 +19,8 @@ import time
 
 import numpy as np
 import tensorflow as tf
-from absl import app, flags
+from absl import app
+from absl import flags
 from PIL import Image
 
 from keras_shufflenet import data

@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-from keras_shufflenet.train_speed import training_throughput  # noqa: E402
+from keras_shufflenet.training.throughput import training_throughput  # noqa: E402
 
 _MODELS = flags.DEFINE_list(
     "models",

@@ -13,8 +13,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-from keras_shufflenet.complexity import complexity_table  # noqa: E402
-from keras_shufflenet.complexity import format_table  # noqa: E402
+from keras_shufflenet.models.complexity import complexity_table  # noqa: E402
+from keras_shufflenet.models.complexity import format_table  # noqa: E402
 
 _SCALES = flags.DEFINE_list(
     "scales", ["0.25", "0.5", "1.0", "1.5", "2.0"], "Width multipliers."

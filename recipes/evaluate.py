@@ -14,12 +14,13 @@ import json
 import os
 import sys
 
-from absl import app, flags
+from absl import app
+from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from keras_shufflenet import cli
 from keras_shufflenet import training
+from keras_shufflenet.training.flags import recipe_config
 
 CONFIGS_DIR = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "configs"
@@ -36,7 +37,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    config = cli.recipe_config(argv, CONFIGS_DIR)
+    config = recipe_config(argv, CONFIGS_DIR)
     metrics = training.evaluate_model(FLAGS.model_path, config)
     print(
         f"{FLAGS.model_path}: top-1 accuracy {metrics['top1']:.2%} (error "

@@ -15,13 +15,15 @@ saved as `config.json` beside the checkpoints. See recipes/README.md.
 import os
 import sys
 
-from absl import app, flags
+from absl import app
+from absl import flags
 
 # Runnable from a source checkout without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from keras_shufflenet import cli
 from keras_shufflenet import training
+from keras_shufflenet.training.flags import recipe_config
+from keras_shufflenet.utils.cli import exit_on_errors
 
 CONFIGS_DIR = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "configs"
@@ -32,9 +34,9 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    config = cli.recipe_config(argv, CONFIGS_DIR)
+    config = recipe_config(argv, CONFIGS_DIR)
     training.train(config)
 
 
 if __name__ == "__main__":
-    app.run(cli.exit_on_errors(main, (training.NonFiniteLossError,)))
+    app.run(exit_on_errors(main, (training.NonFiniteLossError,)))

@@ -24,7 +24,7 @@ except RuntimeError:  # Devices were initialised already.
 import keras  # noqa: E402
 import pytest  # noqa: E402
 
-from keras_shufflenet import shufflenet  # noqa: E402
+from keras_shufflenet.models import shufflenet  # noqa: E402
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -22,8 +22,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Runnable from a source checkout without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from keras_shufflenet import benchmark  # noqa: E402
-from keras_shufflenet import files  # noqa: E402
+from keras_shufflenet.lite import benchmark  # noqa: E402
+from keras_shufflenet.utils import files  # noqa: E402
 
 _MODELS = flags.DEFINE_list(
     "models",

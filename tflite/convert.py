@@ -25,10 +25,10 @@ from absl import logging
 # Runnable from a source checkout without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from keras_shufflenet import cli  # noqa: E402
 from keras_shufflenet import data  # noqa: E402
-from keras_shufflenet import deploy  # noqa: E402
-from keras_shufflenet import export  # noqa: E402
+from keras_shufflenet import lite  # noqa: E402
+from keras_shufflenet.lite import rewrite as deploy  # noqa: E402
+from keras_shufflenet.utils.cli import exit_on_errors  # noqa: E402
 
 _MODEL = flags.DEFINE_string("model", None, "A .keras model to convert.")
 _WEIGHTS = flags.DEFINE_string(
@@ -50,13 +50,13 @@ _IMAGE_SIZE = flags.DEFINE_integer(
     "Input side. Defaults to the model's fixed input size, or 224.",
 )
 _OUTPUT = flags.DEFINE_string("output", None, "The .tflite to write.")
-_MODE = flags.DEFINE_enum("mode", "float32", export.MODES, "Conversion mode.")
+_MODE = flags.DEFINE_enum("mode", "float32", lite.MODES, "Conversion mode.")
 _INPUT_TYPE = flags.DEFINE_enum(
-    "input_type", "float32", export.INPUT_TYPES,
+    "input_type", "float32", lite.INPUT_TYPES,
     "int8 mode: input tensor type (int8/uint8 take pixel frames directly).",
 )
 _OUTPUT_TYPE = flags.DEFINE_enum(
-    "output_type", "float32", export.OUTPUT_TYPES,
+    "output_type", "float32", lite.OUTPUT_TYPES,
     "int8 mode: output tensor type.",
 )
 _QUANTIZER = flags.DEFINE_enum(
@@ -82,7 +82,7 @@ _LOGITS = flags.DEFINE_bool(
     "logits", False, "Drop the final softmax; the model outputs logits."
 )
 _NUM_CALIBRATION_IMAGES = flags.DEFINE_integer(
-    "num_calibration_images", export.DEFAULT_NUM_CALIBRATION_IMAGES,
+    "num_calibration_images", lite.DEFAULT_NUM_CALIBRATION_IMAGES,
     "int8/int16x8 modes: images used to calibrate.",
 )
 data.define_input_flags("int8/int16x8 modes: calibration data source.")
@@ -104,7 +104,7 @@ def _calibration_images(image_size):
             "flags) to calibrate."
         )
     config = data.input_config_from_flags(image_size)
-    images = export.calibration_images(
+    images = lite.calibration_images(
         config, _NUM_CALIBRATION_IMAGES.value, _CALIBRATION_SPLIT.value
     )
     print(f"Calibrating on {len(images)} centre-cropped "
@@ -118,9 +118,9 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TF's export chatter.
     if _MODEL.value:
-        model = export.load_model(_MODEL.value)
+        model = lite.load_model(_MODEL.value)
     else:
-        model = export.load_model(
+        model = lite.load_model(
             weights=_WEIGHTS.value,
             image_size=_IMAGE_SIZE.value or 224,
             scale=_SCALE.value,
@@ -130,7 +130,7 @@ def main(argv):
             classes=_CLASSES.value,
             shuffle_order=_SHUFFLE_ORDER.value,
         )
-    size = export.input_size(model, _IMAGE_SIZE.value)
+    size = lite.input_size(model, _IMAGE_SIZE.value)
     if size[0] != size[1]:
         raise app.UsageError(f"Square inputs only. Received: {size}")
     quantized = _MODE.value in ("int8", "int16x8")
@@ -142,7 +142,7 @@ def main(argv):
     }
     if _MODE.value == "int8" and _QUANTIZER.value == "ai_edge_quantizer":
         # The quantizer gets the float model of the integer graph.
-        float_model = export.convert(
+        float_model = lite.convert(
             deploy.deployment_model(
                 model, rewrites=deploy.rewrites_for("int8")
             ),
@@ -150,7 +150,7 @@ def main(argv):
             image_size=size,
             logits=_LOGITS.value,
         )
-        tflite = export.quantize_with_ai_edge_quantizer(
+        tflite = lite.quantize_with_ai_edge_quantizer(
             float_model,
             images,
             _OUTPUT.value,
@@ -158,7 +158,7 @@ def main(argv):
         )
         settings.update(quantizer="ai_edge_quantizer:static_wi8_ai8")
     else:
-        tflite = export.convert(
+        tflite = lite.convert(
             model,
             _OUTPUT.value,
             mode=_MODE.value,
@@ -182,16 +182,16 @@ def main(argv):
             )
     if quantized:
         settings["num_calibration_images"] = len(images)
-    report = export.model_report(tflite)
+    report = lite.model_report(tflite)
     report = {"model": model.name, "tflite": _OUTPUT.value,
               "settings": settings, **report}
     report_path = _REPORT.value or _OUTPUT.value + ".json"
-    export.write_report(report, report_path)
-    print(export.format_report(report, f"{_OUTPUT.value} ({model.name})"))
+    lite.write_report(report, report_path)
+    print(lite.format_report(report, f"{_OUTPUT.value} ({model.name})"))
     print(f"Report: {report_path}")
     if _DEBUG_CSV.value:
         print(f"Per-layer quantization error: {_DEBUG_CSV.value}")
 
 
 if __name__ == "__main__":
-    app.run(cli.exit_on_errors(main))
+    app.run(exit_on_errors(main))

@@ -26,22 +26,22 @@ from absl import logging
 # Runnable from a source checkout without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from keras_shufflenet import cli  # noqa: E402
 from keras_shufflenet import data  # noqa: E402
-from keras_shufflenet import export  # noqa: E402
+from keras_shufflenet import lite  # noqa: E402
+from keras_shufflenet.utils.cli import exit_on_errors  # noqa: E402
 
 _TFLITE = flags.DEFINE_string("tflite", None, "The .tflite to evaluate.")
 _VARIANTS = flags.DEFINE_list(
     "variants", [],
     "Instead of --tflite: convert the Keras model in these ways and compare "
-    f"them; 'all' or names from {sorted(export.CONVERSION_VARIANTS)}.",
+    f"them; 'all' or names from {sorted(lite.CONVERSION_VARIANTS)}.",
 )
 _CALIBRATION_SPLIT = flags.DEFINE_enum(
     "calibration_split", "train", ["train", "eval"],
     "--variants: split whose centre crops calibrate int8.",
 )
 _NUM_CALIBRATION_IMAGES = flags.DEFINE_integer(
-    "num_calibration_images", export.DEFAULT_NUM_CALIBRATION_IMAGES,
+    "num_calibration_images", lite.DEFAULT_NUM_CALIBRATION_IMAGES,
     "--variants: images used to calibrate int8.",
 )
 _IMAGE_SIZE = flags.DEFINE_integer(
@@ -79,10 +79,10 @@ flags.mark_flags_as_required(["data_source"])
 
 def _keras_model(image_size):
     if _MODEL.value:
-        return export.load_model(_MODEL.value)
+        return lite.load_model(_MODEL.value)
     if _SCALE.value is None and _WEIGHTS.value is None:
         return None
-    return export.load_model(
+    return lite.load_model(
         weights=_WEIGHTS.value,
         image_size=image_size,
         scale=_SCALE.value or 1.0,
@@ -102,28 +102,28 @@ def _compare_variants():
     keras_model = _keras_model(_IMAGE_SIZE.value or 224)
     if keras_model is None:
         raise app.UsageError("--variants needs --model, or --scale/--weights.")
-    (size, _) = export.input_size(keras_model, _IMAGE_SIZE.value)
+    (size, _) = lite.input_size(keras_model, _IMAGE_SIZE.value)
     variants = _VARIANTS.value
     if variants == ["all"]:
-        variants = list(export.CONVERSION_VARIANTS)
+        variants = list(lite.CONVERSION_VARIANTS)
     config = data.input_config_from_flags(size)
     calibration = None
-    unknown = sorted(set(variants) - set(export.CONVERSION_VARIANTS))
+    unknown = sorted(set(variants) - set(lite.CONVERSION_VARIANTS))
     if unknown:
         raise app.UsageError(
             f"Unknown --variants {unknown}; choose from "
-            f"{sorted(export.CONVERSION_VARIANTS)} or 'all'."
+            f"{sorted(lite.CONVERSION_VARIANTS)} or 'all'."
         )
     # The AI Edge Quantizer variant has no converter mode: it is int8.
-    if any(export.CONVERSION_VARIANTS[v].get("mode", "int8") == "int8"
+    if any(lite.CONVERSION_VARIANTS[v].get("mode", "int8") == "int8"
            for v in variants):
-        calibration = export.calibration_images(
+        calibration = lite.calibration_images(
             config, _NUM_CALIBRATION_IMAGES.value, _CALIBRATION_SPLIT.value
         )
         _progress(f"Calibrating int8 on {len(calibration)} "
                   f"{_CALIBRATION_SPLIT.value} images.")
     pipeline = data.InputPipeline(config)
-    rows = export.compare_conversions(
+    rows = lite.compare_conversions(
         keras_model,
         pipeline.dataset(False, _BATCH_SIZE.value),
         calibration_data=calibration,
@@ -143,10 +143,10 @@ def _compare_variants():
         "variants": rows,
     }
     if _OUTPUT_JSON.value:
-        export.write_report(result, _OUTPUT_JSON.value)
+        lite.write_report(result, _OUTPUT_JSON.value)
     if _PLOT.value:
-        export.plot_conversions(rows, _PLOT.value, keras_model.name)
-    print(export.format_conversion_table(rows))
+        lite.plot_conversions(rows, _PLOT.value, keras_model.name)
+    print(lite.format_conversion_table(rows))
 
 
 def main(argv):
@@ -158,7 +158,7 @@ def main(argv):
         raise app.UsageError("Give exactly one of --tflite and --variants.")
     if _VARIANTS.value:
         return _compare_variants()
-    runner = export.TFLiteModel(_TFLITE.value)
+    runner = lite.TFLiteModel(_TFLITE.value)
     height, width = runner.image_size
     if height != width:
         raise app.UsageError(f"Square inputs only. Received: {height}x{width}")
@@ -175,7 +175,7 @@ def main(argv):
             f"{done}/{total} examples ({time.perf_counter() - start:.0f} s)"
         )
 
-    results = export.evaluate_tflite(
+    results = lite.evaluate_tflite(
         _TFLITE.value,
         pipeline.dataset(False, _BATCH_SIZE.value),
         keras_model,
@@ -185,9 +185,9 @@ def main(argv):
     )
     results = {"tflite": _TFLITE.value, **results}
     if _OUTPUT_JSON.value:
-        export.write_report(results, _OUTPUT_JSON.value)
-    print(export.format_evaluation(results))
+        lite.write_report(results, _OUTPUT_JSON.value)
+    print(lite.format_evaluation(results))
 
 
 if __name__ == "__main__":
-    app.run(cli.exit_on_errors(main))
+    app.run(exit_on_errors(main))

@@ -18,8 +18,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-from keras_shufflenet import official  # noqa: E402
-from keras_shufflenet import pretrained  # noqa: E402
+from keras_shufflenet.models import pretrained  # noqa: E402
+from keras_shufflenet.weights import official  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(

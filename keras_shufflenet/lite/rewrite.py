@@ -1,0 +1,608 @@
+"""Inference graphs for export: the same function as the training model,
+rewritten so that TFLite/LiteRT with XNNPACK runs it as one fast piece.
+"""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_shufflenet.models.graph import PerGroupGraph
+from keras_shufflenet.models.graph import fusable_layers
+from keras_shufflenet.models.graph import is_static_normalization
+from keras_shufflenet.models.graph import tiled_rescaling
+from keras_shufflenet.models.layers import PACKAGE
+from keras_shufflenet.models.layers import ChannelShuffle
+from keras_shufflenet.models.layers import set_group_conv_implementation
+from keras_shufflenet.models.layers import shuffle_permutation
+
+# The exact rewrites `deployment_model` applies, in the order of the docs.
+REWRITES = (
+    "preprocessing",
+    "average_pool",
+    "pool_padding",
+    "shuffle_after_stride",
+    "groupwise_units",
+)
+
+
+# XNNPACK runs the per-group graph slower with int8 activations (1x g=3 at
+# 224x224 on x86: 12%) and with dynamic-range weights (12-18%), so those
+# conversions leave it out.
+INTEGER_REWRITES = tuple(r for r in REWRITES if r != "groupwise_units")
+
+
+# Which units "groupwise_units" rewrites (`_is_groupwise`), from per-stage
+# float32 measurements at 224x224 on x86: 2x g=3 gains in all three stages
+# (-0.36, -0.47, -0.13 ms), 1x in stage 3 (40 channels per group at 14x14:
+# -0.15 ms); a per-group bottleneck of 20 channels (1x stage 2, 0.5x stage
+# 3) or of 40 or 80 at 7x7 (0.5x, 1x stage 4) gains nothing or loses:
+# there, the extra ops cost what the dense convolutions save.
+GROUPWISE_MIN_CHANNELS = 32  # Bottleneck channels per group.
+
+
+GROUPWISE_MIN_VALUES = 14 * 14 * 40  # Per-group bottleneck values.
+
+
+# XNNPACK delegates SPLIT into at most 4 and CONCATENATION of at most 5.
+GROUPWISE_MAX_GROUPS = 4
+
+
+def rewrites_for(mode):
+    """The deployment rewrites that speed up a TFLite conversion mode.
+
+    Args:
+        mode: An `export.MODES` mode such as `"float32"` or `"int8"`.
+
+    Returns:
+        `REWRITES` for float32 and float16 models, `INTEGER_REWRITES`
+        otherwise: XNNPACK's int8 and dynamic-range kernels run the
+        per-group graph slower, and int16x8 runs on TFLite's builtin
+        kernels.
+    """
+    return REWRITES if mode in ("float32", "float16") else INTEGER_REWRITES
+
+
+def deployment_model(
+    model, *, group_conv_implementation="grouped", rewrites=REWRITES
+):
+    """Returns a copy of `model` rewritten for on-device inference.
+
+    Each rewrite computes the same function as the layers it replaces (up
+    to float rounding, about 1e-6) and keeps every tensor at rank 4:
+
+    - `"preprocessing"`: a per-channel `Normalization` of an input with a
+      static width becomes `Rescaling(1 / std, -mean / std)` with the
+      constants tiled to `(width, channels)`. XNNPACK runs a broadcast of a
+      3-vector over an image as one tiny kernel call per pixel (0.3-0.6 ms
+      at 224x224 on x86); tiled, it is one call per row (about 20 us).
+    - `"average_pool"`: `AveragePooling2D(k, s, "valid")`, which follows
+      an explicit `ZeroPadding2D` in the stride-2 shortcut (PyTorch's
+      `count_include_pad=True`), becomes a `DepthwiseConv2D(k, s)` with
+      constant weights `1 / k**2`. XNNPACK then fuses the zero padding
+      into the convolution, and int8 models stay delegated: XNNPACK has no
+      int8 AVERAGE_POOL_2D, which split the graph into several pieces.
+    - `"pool_padding"`: a `ZeroPadding2D` that feeds anything but a
+      convolution (which absorbs its padding in XNNPACK), i.e. the one
+      before the 3x3/2 max pool, becomes `RowZeroPadding2D`, which pads
+      the image viewed as rows of `width * channels` values: XNNPACK then
+      copies long rows instead of one short row per pixel, 3x faster.
+    - `"shuffle_after_stride"`: in a stride-2 unit, the channel shuffle
+      moves from before the 3x3/2 depthwise convolution to after its batch
+      norm, on a tensor 4 times smaller. A permutation commutes with
+      per-channel operations once their weights are permuted.
+    - `"groupwise_units"`: runs of stride-1 units with wide enough
+      per-group bottlenecks (at least `GROUPWISE_MIN_CHANNELS` channels
+      and, where the size is static, `GROUPWISE_MIN_VALUES` values) and at
+      most `GROUPWISE_MAX_GROUPS` groups pass their
+      activations on as one tensor per group, and each unit becomes a
+      `GroupwiseShuffleUnit`: its group convolutions are one dense
+      CONV_2D per group on a contiguous tensor, which XNNPACK runs faster
+      than a grouped CONV_2D reading every group in place (float32 1x
+      g=3: 5% less latency, 2x g=3: 8%); its batch norms fold into the
+      kernels. Only the narrow bottleneck is concatenated (for the
+      shuffle) and split again. Float graphs only: see `rewrites_for`.
+
+    Independently, every `PointwiseGroupConv2D` uses
+    `group_conv_implementation`: `"grouped"` (one native grouped CONV_2D,
+    the fastest on XNNPACK), `"split"` or `"dense"`.
+
+    A model this function returned is returned as it is, so a custom
+    lowering survives export: `export.convert(deployment_model(m,
+    rewrites=()))` converts the straightforward graph.
+
+    Reference:
+        Zhang et al., "ShuffleNet", section 3.2 and Figure 2 (the unit),
+        section 4.5 (actual speed on mobile devices).
+
+    Args:
+        model: A functional Keras model such as `ShuffleNet(...)`. Other
+            models (e.g. `keras.applications`) get the rewrites that apply
+            to their layers.
+        group_conv_implementation: Lowering of the pointwise group
+            convolutions. Defaults to `"grouped"`.
+        rewrites: The rewrites to apply, a subset of `REWRITES`. Defaults
+            to all of them.
+
+    Returns:
+        A new functional `keras.Model` with copied weights; its
+        `deployment_options` attribute records the arguments.
+    """
+    if getattr(model, "deployment_options", None) is not None:
+        return model
+    rewrites = tuple(rewrites)
+    unknown = sorted(set(rewrites) - set(REWRITES))
+    if unknown:
+        raise ValueError(
+            f"`rewrites` must be a subset of {REWRITES}. Received unknown "
+            f"rewrites: {unknown}"
+        )
+    if not isinstance(model, keras.Model) or not hasattr(model, "inputs"):
+        raise ValueError(
+            "`model` must be a functional keras.Model. "
+            f"Received: {type(model).__name__}"
+        )
+    moves = (
+        _shuffle_moves(model) if "shuffle_after_stride" in rewrites else {}
+    )
+    rewriter = _Rewriter(
+        preprocessing="preprocessing" in rewrites,
+        average_pool="average_pool" in rewrites,
+        paddings=(
+            _unfused_paddings(model) if "pool_padding" in rewrites else ()
+        ),
+        moves=moves,
+    )
+    clone = keras.models.clone_model(
+        model,
+        clone_function=rewriter.clone,
+        call_function=rewriter.call,
+    )
+    set_group_conv_implementation(clone, group_conv_implementation)
+    if "groupwise_units" in rewrites:
+        clone = _groupwise_units(clone)
+    clone.deployment_options = {
+        "group_conv_implementation": group_conv_implementation,
+        "rewrites": rewrites,
+    }
+    return clone
+
+
+def _copy_layer(layer, weights=None):
+    """A new layer from `layer`'s config, built, holding `weights`."""
+    config = layer.get_config()
+    copy = layer.__class__.from_config(config)
+    weights = layer.get_weights() if weights is None else weights
+    if weights:
+        copy.build(layer.input.shape)
+        copy.set_weights(weights)
+    return copy
+
+
+def _consumers(model):
+    """Maps `id(tensor)` to the layers that take the tensor as input."""
+    consumers = {}
+    for layer in model.layers:
+        for tensor in keras.tree.flatten(_inputs(layer)):
+            consumers.setdefault(id(tensor), []).append(layer)
+    return consumers
+
+
+def _inputs(layer):
+    """The input tensor(s) of a layer called once, else an empty list."""
+    try:
+        return layer.input
+    except (AttributeError, ValueError):  # Never or several times called.
+        return []
+
+
+def _single_consumer(consumers, layer, kind):
+    found = consumers.get(id(layer.output), [])
+    if len(found) == 1 and isinstance(found[0], kind):
+        return found[0]
+    return None
+
+
+def _unfused_paddings(model):
+    """`ZeroPadding2D` layers that XNNPACK cannot fuse into a consumer.
+
+    XNNPACK folds zero padding into a following convolution or depthwise
+    convolution with "valid" padding. Pooling layers (after the
+    `average_pool` rewrite only the max pool) get a standalone PAD.
+    """
+    consumers = _consumers(model)
+    found = set()
+    for layer in model.layers:
+        if not isinstance(layer, keras.layers.ZeroPadding2D):
+            continue
+        if layer.data_format != "channels_last" or _inputs(layer) == []:
+            continue
+        if any(d is None for d in layer.input.shape[1:]):
+            continue
+        users = consumers.get(id(layer.output), [])
+        fused = users and all(
+            isinstance(
+                user,
+                (
+                    keras.layers.Conv2D,
+                    keras.layers.DepthwiseConv2D,
+                    keras.layers.AveragePooling2D,  # Becomes a conv.
+                ),
+            )
+            for user in users
+        )
+        if not fused:
+            found.add(layer)
+    return found
+
+
+def _shuffle_moves(model):
+    """Finds shuffle -> pad -> stride-2 depthwise -> batch norm chains.
+
+    Returns:
+        A dict from each such `ChannelShuffle` to its `(depthwise, batch
+        norm)` pair.
+    """
+    consumers = _consumers(model)
+    moves = {}
+    for layer in model.layers:
+        if not isinstance(layer, ChannelShuffle):
+            continue
+        if layer.data_format != "channels_last" or _inputs(layer) == []:
+            continue
+        pad = _single_consumer(consumers, layer, keras.layers.ZeroPadding2D)
+        if pad is None:
+            continue
+        conv = _single_consumer(
+            consumers, pad, keras.layers.DepthwiseConv2D
+        )
+        if conv is None or conv.depth_multiplier != 1 or tuple(
+            conv.strides
+        ) == (1, 1):
+            continue
+        norm = _single_consumer(
+            consumers, conv, keras.layers.BatchNormalization
+        )
+        if norm is None or norm.axis not in (-1, 3, [3], [-1]):
+            continue
+        moves[layer] = (conv, norm)
+    return moves
+
+
+class _Rewriter:
+    """`clone_model` callbacks that apply the rewrites layer by layer.
+
+    `clone` copies each layer with its weights (permuted where a shuffle
+    moves); `call` calls the copies, replacing layers by equivalent ones.
+    """
+    def __init__(self, preprocessing, average_pool, paddings, moves):
+        self.preprocessing = preprocessing
+        self.average_pool = average_pool
+        self.paddings = paddings
+        self.moves = moves
+        # Depthwise convs and batch norms whose channels take the inverse
+        # shuffle permutation, mapped to the shuffle to apply after.
+        self.permuted = {}
+        for shuffle, (conv, norm) in moves.items():
+            self.permuted[conv] = shuffle
+            self.permuted[norm] = shuffle
+        self.source = {}  # Copy -> original layer.
+        self.shuffle_copies = {}  # Original shuffle -> its copy.
+
+    def clone(self, layer):
+        if not isinstance(layer, keras.layers.Layer):
+            return layer  # A stateless op such as `x + y` in the graph.
+        weights = None
+        if layer in self.permuted:
+            shuffle = self.permuted[layer]
+            channels = shuffle.input.shape[-1]
+            perm = shuffle_permutation(channels, shuffle.groups, shuffle.order)
+            inverse = np.argsort(perm)
+            weights = [
+                np.take(w, inverse, axis=2 if w.ndim == 4 else 0)
+                for w in layer.get_weights()
+            ]
+        copy = _copy_layer(layer, weights)
+        self.source[copy] = layer
+        if layer in self.moves:
+            self.shuffle_copies[layer] = copy
+        return copy
+
+    def call(self, layer, *args, **kwargs):
+        source = self.source.get(layer)
+        if source in self.moves:
+            # Skipped here, applied after the batch norm (below).
+            return args[0]
+        if self.preprocessing and is_static_normalization(source):
+            return tiled_rescaling(source)(*args, **kwargs)
+        if self.average_pool and _is_valid_average_pool(source):
+            return _depthwise_average(source)(*args, **kwargs)
+        if source in self.paddings:
+            return RowZeroPadding2D(
+                source.padding, name=source.name
+            )(*args, **kwargs)
+        outputs = layer(*args, **kwargs)
+        if source in self.permuted and isinstance(
+            source, keras.layers.BatchNormalization
+        ):
+            shuffle = self.shuffle_copies[self.permuted[source]]
+            outputs = shuffle(outputs)
+        return outputs
+
+
+def _is_valid_average_pool(layer):
+    return (
+        isinstance(layer, keras.layers.AveragePooling2D)
+        and layer.padding == "valid"
+        and layer.data_format == "channels_last"
+        and layer.input.shape[-1] is not None
+    )
+
+
+def _depthwise_average(layer):
+    """`DepthwiseConv2D` with constant weights averaging like `layer`."""
+    pool = tuple(layer.pool_size)
+    channels = layer.input.shape[-1]
+    conv = keras.layers.DepthwiseConv2D(
+        pool,
+        strides=layer.strides,
+        padding="valid",
+        use_bias=False,
+        name=layer.name,
+    )
+    conv.build(layer.input.shape)
+    conv.set_weights(
+        [np.full(pool + (channels, 1), 1.0 / math.prod(pool), "float32")]
+    )
+    conv.trainable = False
+    return conv
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class RowZeroPadding2D(keras.layers.Layer):
+    """`ZeroPadding2D` computed on the image as rows of `width * channels`.
+
+    The output equals `keras.layers.ZeroPadding2D(padding)`'s for
+    channels-last inputs with static width and channels. The image is
+    reshaped to `(batch, height, width * channels)`, padded, and reshaped
+    back, so that XNNPACK's PAD copies whole rows rather than one
+    `channels`-long row per pixel.
+
+    Args:
+        padding: `((top, bottom), (left, right))`, as `ZeroPadding2D`
+            normalises it.
+        **kwargs: Base layer arguments, such as `name`.
+
+    Example:
+
+    >>> x = keras.ops.ones((1, 4, 4, 3))
+    >>> RowZeroPadding2D(((1, 1), (1, 1)))(x).shape
+    (1, 6, 6, 3)
+    """
+    def __init__(self, padding, **kwargs):
+        super().__init__(**kwargs)
+        (top, bottom), (left, right) = padding
+        self.padding = ((int(top), int(bottom)), (int(left), int(right)))
+
+    def call(self, inputs):
+        _, height, width, channels = inputs.shape
+        (top, bottom), (left, right) = self.padding
+        x = keras.ops.reshape(inputs, (-1, height, width * channels))
+        x = keras.ops.pad(
+            x, ((0, 0), (top, bottom), (left * channels, right * channels))
+        )
+        return keras.ops.reshape(
+            x, (-1, height + top + bottom, width + left + right, channels)
+        )
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        (top, bottom), (left, right) = self.padding
+        return (batch, height + top + bottom, width + left + right, channels)
+
+    def get_config(self):
+        config = super().get_config()
+        config["padding"] = self.padding
+        return config
+
+
+def _groupwise_units(model):
+    """`model` with its wide stride-1 units as `GroupwiseShuffleUnit`s."""
+    # `fused` imports this module's rewrites, hence the late import.
+
+    units, _ = fusable_layers(model, shuffle_slices=False)
+    units = {
+        gconv1: unit for gconv1, unit in units.items() if _is_groupwise(gconv1)
+    }
+    if not units:
+        return model
+    graph = PerGroupGraph(model)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer) or layer in graph.skipped:
+            continue
+        if layer in units:
+            graph.call_unit(units[layer], GroupwiseShuffleUnit.from_unit)
+        else:
+            graph.call(layer)
+    return graph.model(model.name)
+
+
+def _is_groupwise(gconv1):
+    """Whether `"groupwise_units"` rewrites the unit of this group conv."""
+    if not 1 < gconv1.groups <= GROUPWISE_MAX_GROUPS:
+        return False
+    channels = gconv1.filters // gconv1.groups
+    height, width = gconv1.input.shape[1:3]
+    if height is None or width is None:
+        return channels >= GROUPWISE_MIN_CHANNELS
+    return (
+        channels >= GROUPWISE_MIN_CHANNELS
+        and height * width * channels >= GROUPWISE_MIN_VALUES
+    )
+
+
+def _folded(norm):
+    """`(scale, offset)` with `norm(x) == x * scale + offset` (inference)."""
+    gamma, beta, mean, variance = (
+        np.asarray(w, "float64") for w in norm.get_weights()
+    )
+    scale = gamma / np.sqrt(variance + norm.epsilon)
+    return scale, beta - mean * scale
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class GroupwiseShuffleUnit(keras.layers.Layer):
+    """A stride-1 ShuffleNet unit (Figure 2b) for inference, per group.
+
+    Takes and returns the unit's activations as a list of `groups` tensors
+    of `channels / groups` channels each, like `FusedShuffleUnit`,
+    and computes the unit in inference mode with its batch norms folded
+    into the convolutions:
+
+        a_i = relu(x_i @ kernel1[i] + bias1[i])          for each group i
+        d = depthwise(shuffle(concat(a)), dw_kernel) + dw_bias
+        y_j = relu(x_j + split(d)[j] @ kernel2[j] + bias2[j])
+
+    Each group conv is one dense 1x1 convolution per group on a contiguous
+    tensor. `from_unit` builds it from a unit's layers.
+
+    Reference:
+        Zhang et al., "ShuffleNet", section 3.2 and Figure 2b.
+
+    Args:
+        groups: Number of groups `g`.
+        bottleneck: Bottleneck channels (a multiple of `groups`).
+        kernel_size: Side of the depthwise kernel. Defaults to 3.
+        shuffle_order: `ChannelShuffle` order, or None for no shuffle.
+            Defaults to `"paper"`.
+        **kwargs: Base layer arguments, such as `name`.
+    """
+    def __init__(self, groups, bottleneck, kernel_size=3,
+                 shuffle_order="paper", **kwargs):
+        super().__init__(**kwargs)
+        if bottleneck % groups:
+            raise ValueError(
+                f"`bottleneck` ({bottleneck}) must be divisible by `groups` "
+                f"({groups})."
+            )
+        self.groups = groups
+        self.bottleneck = bottleneck
+        self.kernel_size = kernel_size
+        self.shuffle_order = shuffle_order
+        self.shuffle = (
+            None if shuffle_order is None
+            else ChannelShuffle(groups, shuffle_order, "channels_last")
+        )
+
+    def build(self, input_shape):
+        if len(input_shape) != self.groups:
+            raise ValueError(
+                f"GroupwiseShuffleUnit {self.name!r} takes {self.groups} "
+                f"tensors, one per group. Received {len(input_shape)}."
+            )
+        width = input_shape[0][-1]
+        k = self.kernel_size
+
+        def weight(name, shape):
+            return self.add_weight(
+                name=name, shape=shape, initializer="zeros",
+                trainable=False,
+            )
+
+        self.kernel1 = weight("kernel1", (width, self.bottleneck))
+        self.bias1 = weight("bias1", (self.bottleneck,))
+        self.dw_kernel = weight("dw_kernel", (k, k, self.bottleneck, 1))
+        self.dw_bias = weight("dw_bias", (self.bottleneck,))
+        self.kernel2 = weight(
+            "kernel2", (self.bottleneck // self.groups, width * self.groups)
+        )
+        self.bias2 = weight("bias2", (width * self.groups,))
+        self.built = True
+
+    def call(self, inputs):
+        pieces = list(inputs)
+        g = self.groups
+        n = self.bottleneck // g
+        width = pieces[0].shape[-1]
+
+        def conv(x, kernel, bias, cols):
+            # A (1, 1, in, out) kernel, so that TFLite gets a CONV_2D.
+            kernel = kernel[None, None, :, cols]
+            return ops.conv(x, kernel, padding="valid") + bias[cols]
+
+        a = [
+            ops.relu(conv(x, self.kernel1, self.bias1,
+                          slice(i * n, (i + 1) * n)))
+            for i, x in enumerate(pieces)
+        ]
+        d = ops.concatenate(a, axis=-1)
+        if self.shuffle is not None:
+            d = self.shuffle(d)
+        d = ops.depthwise_conv(d, self.dw_kernel, padding="same")
+        d = ops.split(d + self.dw_bias, g, axis=-1)
+        return [
+            ops.relu(
+                x + conv(d[j], self.kernel2, self.bias2,
+                         slice(j * width, (j + 1) * width))
+            )
+            for j, x in enumerate(pieces)
+        ]
+
+    def compute_output_shape(self, input_shape):
+        return [tuple(shape) for shape in input_shape]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "groups": self.groups,
+                "bottleneck": self.bottleneck,
+                "kernel_size": self.kernel_size,
+                "shuffle_order": self.shuffle_order,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_unit(cls, unit, name):
+        """The unit of `fusable_layers`' `unit` dict, weights folded.
+
+        Args:
+            unit: The unit's layers by role (`UNIT_KEYS`).
+            name: The unit's name prefix, e.g. `"stage3_unit2"`.
+
+        Returns:
+            A built `GroupwiseShuffleUnit` named `{name}_groupwise`.
+        """
+        gconv1, dwconv, gconv2 = (
+            unit["gconv1"], unit["dwconv"], unit["gconv2"]
+        )
+        shuffle = unit["shuffle"]
+        layer = cls(
+            gconv1.groups,
+            gconv1.filters,
+            kernel_size=dwconv.kernel_size[0],
+            shuffle_order=None if shuffle is None else shuffle.order,
+            name=f"{name}_groupwise",
+            dtype=gconv1.dtype_policy,
+        )
+        width = gconv2.filters // gconv1.groups
+        layer.build([(None, None, None, width)] * gconv1.groups)
+        scale1, bias1 = _folded(unit["gconv1_bn"])
+        scale_dw, dw_bias = _folded(unit["dwconv_bn"])
+        scale2, bias2 = _folded(unit["gconv2_bn"])
+        (kernel1,) = gconv1.get_weights()
+        (dw_kernel,) = dwconv.get_weights()
+        (kernel2,) = gconv2.get_weights()
+        layer.set_weights(
+            [
+                kernel1[0, 0] * scale1,
+                bias1,
+                dw_kernel * scale_dw[:, None],
+                dw_bias,
+                kernel2[0, 0] * scale2,
+                bias2,
+            ]
+        )
+        return layer

@@ -1,0 +1,673 @@
+"""The ShuffleNet v1 model family (Zhang et al., 2017) as functional Keras 3
+models, exact to Table 1 of the paper and to the official release's layout.
+
+Reference:
+    Zhang, Zhou, Lin, Sun, "ShuffleNet: An Extremely Efficient Convolutional
+    Neural Network for Mobile Devices", CVPR 2018. Section 3 and Table 1.
+"""
+
+import functools
+import math
+import os
+import warnings
+
+import keras
+from keras import layers
+
+from keras_shufflenet.models.layers import GROUP_CONV_IMPLEMENTATIONS
+from keras_shufflenet.models.layers import SHUFFLE_ORDERS
+from keras_shufflenet.models.layers import ChannelShuffle
+from keras_shufflenet.models.layers import PointwiseGroupConv2D
+from keras_shufflenet.models.loading import load_weights
+from keras_shufflenet.models.pretrained import get
+from keras_shufflenet.models.pretrained import local_path
+
+# Table 1: output channels of stages 2, 3 and 4 of "ShuffleNet 1x" for each
+# number of groups g. Every stage doubles the previous one.
+STAGE2_WIDTHS = {1: 144, 2: 200, 3: 240, 4: 272, 8: 384}
+
+
+STEM_WIDTH = 24
+
+
+# Table 1: units per stage; the first unit of each stage has stride 2.
+STAGE_REPEATS = (4, 8, 4)
+
+
+# Table 5, "0.5x shallow": half the units of stages 2 to 4 (26 layers).
+SHALLOW_STAGE_REPEATS = (2, 4, 2)
+
+
+# Section 3.3: bottleneck channels are 1/4 of a unit's output channels.
+BOTTLENECK_RATIO = 4
+
+
+# Table 5, "with SE": squeeze-and-excitation (Hu et al.) with reduction 16.
+SE_REDUCTION = 16
+
+
+# The official release's BatchNorm2d defaults (eps 1e-5, momentum 0.1).
+BN_EPSILON = 1e-5
+
+
+BN_MOMENTUM = 0.9
+
+
+MIN_INPUT_SIZE = 32
+
+
+# ImageNet statistics, in [0, 1] RGB, applied inside the graph.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+
+
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# The widths [conv1, stage2, stage3, stage4] of the official release
+# (megvii-model/ShuffleNet-Series, ShuffleNetV1). `shufflenet_widths`
+# reproduces all of them; the table is kept to test that it does.
+OFFICIAL_WIDTHS = {
+    (0.5, 3): (12, 120, 240, 480),
+    (1.0, 3): (24, 240, 480, 960),
+    (1.5, 3): (24, 360, 720, 1440),
+    (2.0, 3): (48, 480, 960, 1920),
+    (0.5, 8): (16, 192, 384, 768),
+    (1.0, 8): (24, 384, 768, 1536),
+    (1.5, 8): (24, 576, 1152, 2304),
+    (2.0, 8): (48, 768, 1536, 3072),
+}
+
+
+def round_to_multiple(value, multiple):
+    """Rounds to the nearest multiple (halves up), and to at least one."""
+    return max(multiple, int(math.floor(value / multiple + 0.5)) * multiple)
+
+
+def shufflenet_widths(scale, groups):
+    """Returns the output widths `(conv1, stage2, stage3, stage4)`.
+
+    One rule for every positive `scale`: each width is Table 1's 1x width
+    times `scale`, rounded to the nearest multiple of `groups` (halves up,
+    at least `groups`); stages 3 and 4 double stage 2 (section 3.3). Every
+    grouped width, including the first unit's branch (stage 2 minus conv1)
+    and the bottlenecks (`bottleneck_width`), then divides into `groups`.
+
+    conv1 scales by the largest power of two not above `scale`, the
+    official release's choice (its 1.5x models keep the 1x stem of 24), but
+    by no less than 1/2: at 0.25x a 12-channel stem gives Table 2's 13
+    MFLOPs for 1 to 4 groups, where a 6-channel one gives 11. The stem
+    always stays narrower than stage 2, so the first unit's branch exists.
+    The rule reproduces Table 1 and the release's eight configurations
+    (0.5x, 1x, 1.5x and 2x with 3 and 8 groups; `OFFICIAL_WIDTHS`).
+
+    Reference:
+        Table 1 and section 3.3 ("ShuffleNet s x" scales the channels by s).
+
+    Args:
+        scale: Width multiplier `s`, a positive number.
+        groups: Number of groups: 1, 2, 3, 4 or 8.
+
+    Returns:
+        A tuple of four ints.
+    """
+    _validate_scale_groups(scale, groups)
+    stage2 = max(
+        2 * groups, round_to_multiple(STAGE2_WIDTHS[groups] * scale, groups)
+    )
+    stem_scale = max(0.5, 2.0 ** math.floor(math.log2(scale)))
+    stem = round_to_multiple(STEM_WIDTH * stem_scale, groups)
+    stem = min(stem, stage2 - groups)
+    return (stem, stage2, 2 * stage2, 4 * stage2)
+
+
+def bottleneck_width(out_channels, groups, multiple=1):
+    """A quarter of a unit's width (section 3.3), kept divisible by groups.
+
+    Exactly `out_channels / 4` for Table 1 and the official widths; other
+    widths round to the nearest multiple of `groups`, halves up (0.5x with
+    g=4: 136 / 4 = 34 becomes 36). `multiple` > 1 rounds each group's
+    bottleneck channels to a multiple of it instead (an opt-in, not the
+    paper's width).
+    """
+    return round_to_multiple(
+        out_channels / BOTTLENECK_RATIO, groups * multiple
+    )
+
+
+def _validate_scale_groups(scale, groups):
+    if isinstance(groups, bool) or groups not in STAGE2_WIDTHS:
+        raise ValueError(
+            f"`groups` must be one of {sorted(STAGE2_WIDTHS)} (Table 1). "
+            f"Received: groups={groups!r}"
+        )
+    if (
+        isinstance(scale, bool)
+        or not isinstance(scale, (int, float))
+        or not math.isfinite(scale)
+        or scale <= 0
+    ):
+        raise ValueError(
+            "`scale` must be a positive number, such as 0.25, 0.5, 1.0, 1.5 "
+            f"or 2.0. Received: scale={scale!r}"
+        )
+
+
+def _channel_axis():
+    return -1 if keras.config.image_data_format() == "channels_last" else 1
+
+
+@functools.cache
+def backend_runs_channels_first_conv():
+    """Whether the Keras backend runs NCHW (`channels_first`) convolutions.
+
+    JAX and torch always do. TensorFlow does on a GPU, but on a CPU only
+    when oneDNN is on, which TensorFlow decides by itself from the CPU
+    unless `TF_ENABLE_ONEDNN_OPTS` says otherwise; so this is probed once
+    with a 1x1 convolution rather than guessed.
+
+    Returns:
+        A bool.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return True
+    # Only the TensorFlow backend needs the probe.
+    import tensorflow as tf
+
+    with tf.init_scope():  # Run the probe eagerly, also inside a trace.
+        try:
+            tf.nn.conv2d(
+                tf.zeros((1, 1, 1, 1)), tf.zeros((1, 1, 1, 1)), 1, "VALID",
+                data_format="NCHW",
+            )
+        except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError):
+            return False
+    return True
+
+
+def _warn_if_channels_first_cannot_run():
+    if keras.config.image_data_format() == "channels_last":
+        return
+    if backend_runs_channels_first_conv():
+        return
+    warnings.warn(
+        "ShuffleNet: keras.config.image_data_format() is 'channels_first', "
+        "but TensorFlow cannot run NCHW convolutions on this CPU (oneDNN is "
+        "off), so the model's keras.layers.Conv2D layers will fail when "
+        "called. Build it with 'channels_last' (the weights are the "
+        "same in both layouts), set TF_ENABLE_ONEDNN_OPTS=1, or run it on a "
+        "GPU or on the JAX or torch backend.",
+        stacklevel=3,
+    )
+
+
+def _pad(x, name):
+    # PyTorch pads stride-2 ops by 1 on every side; TF's "same" pads (0, 1).
+    return layers.ZeroPadding2D(1, name=name)(x)
+
+
+def _batch_norm(x, name):
+    return layers.BatchNormalization(
+        axis=_channel_axis(),
+        epsilon=BN_EPSILON,
+        momentum=BN_MOMENTUM,
+        name=name,
+    )(x)
+
+
+def _pointwise(x, filters, groups, implementation, name):
+    if groups == 1:
+        return layers.Conv2D(
+            filters, 1, use_bias=False, kernel_initializer="he_normal",
+            name=name,
+        )(x)
+    return PointwiseGroupConv2D(
+        filters, groups, implementation=implementation, name=name
+    )(x)
+
+
+def _squeeze_excite(x, name):
+    channels = x.shape[_channel_axis()]
+    s = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_squeeze")(x)
+    s = layers.Conv2D(
+        max(1, channels // SE_REDUCTION), 1, activation="relu",
+        name=f"{name}_reduce",
+    )(s)
+    s = layers.Conv2D(
+        channels, 1, activation="sigmoid", name=f"{name}_expand"
+    )(s)
+    return layers.Multiply(name=f"{name}_excite")([x, s])
+
+
+def shufflenet_unit(
+    x,
+    out_channels,
+    groups,
+    stride,
+    *,
+    group_first_conv=True,
+    se=False,
+    shuffle=True,
+    shuffle_order="paper",
+    implementation="split",
+    bottleneck_multiple=1,
+    name,
+):
+    """One ShuffleNet unit, Figure 2 (b) for stride 1 and (c) for stride 2.
+
+    Branch: 1x1 group conv, BN, ReLU, channel shuffle, 3x3 depthwise conv,
+    BN (no ReLU), 1x1 group conv, BN, and optionally squeeze-and-excitation.
+    Stride 1 adds the identity, then ReLU. Stride 2 concatenates
+    `[3x3/2 average-pooled shortcut, ReLU(branch)]`, the official release's
+    order; the branch produces `out_channels - in_channels` channels. The
+    paper's ReLU after the concatenation is applied to the branch alone:
+    the shortcut pools a ReLU output, so it is already non-negative and the
+    two forms compute the same function, with one op fewer on device.
+
+    Reference:
+        Section 3.2 and Figure 2; Table 1 for the bottleneck ratio of 1/4.
+
+    Args:
+        x: Input tensor (non-negative, as every unit's output is).
+        out_channels: Output channels of the unit.
+        groups: Number of groups of the pointwise convolutions.
+        stride: 1 or 2.
+        group_first_conv: Whether the first pointwise conv is grouped. Table 1
+            does not group it in the first unit of stage 2.
+        se: Whether to add squeeze-and-excitation to the branch (Table 5).
+        shuffle: Whether to shuffle channels (Table 3's ablation turns it
+            off). With `groups=1` there is nothing to shuffle.
+        shuffle_order: `"paper"` or `"official"`, see `ChannelShuffle`.
+        implementation: The `PointwiseGroupConv2D` lowering.
+        bottleneck_multiple: Rounds each group's bottleneck channels to a
+            multiple of this (see `ShuffleNet`). Defaults to 1.
+        name: Prefix of the unit's layer names, such as `"stage2_unit1"`.
+
+    Returns:
+        The unit's output tensor.
+    """
+    axis = _channel_axis()
+    in_channels = x.shape[axis]
+    branch_channels = out_channels - in_channels if stride == 2 else out_channels
+    bottleneck = bottleneck_width(out_channels, groups, bottleneck_multiple)
+
+    y = _pointwise(
+        x, bottleneck, groups if group_first_conv else 1, implementation,
+        f"{name}_gconv1",
+    )
+    y = _batch_norm(y, f"{name}_gconv1_bn")
+    y = layers.ReLU(name=f"{name}_gconv1_relu")(y)
+    if shuffle and groups > 1:
+        y = ChannelShuffle(groups, order=shuffle_order, name=f"{name}_shuffle")(y)
+    if stride == 2:
+        y = _pad(y, f"{name}_dwconv_pad")
+    y = layers.DepthwiseConv2D(
+        3,
+        strides=stride,
+        padding="valid" if stride == 2 else "same",
+        use_bias=False,
+        name=f"{name}_dwconv",
+    )(y)
+    y = _batch_norm(y, f"{name}_dwconv_bn")
+    y = _pointwise(y, branch_channels, groups, implementation, f"{name}_gconv2")
+    y = _batch_norm(y, f"{name}_gconv2_bn")
+    if se:
+        y = _squeeze_excite(y, f"{name}_se")
+    if stride == 1:
+        y = layers.Add(name=f"{name}_add")([x, y])
+        return layers.ReLU(name=f"{name}_relu")(y)
+    y = layers.ReLU(name=f"{name}_branch_relu")(y)
+    # count_include_pad=True in PyTorch: the padded zeros count.
+    shortcut = _pad(x, f"{name}_shortcut_pad")
+    shortcut = layers.AveragePooling2D(3, 2, name=f"{name}_shortcut_pool")(
+        shortcut
+    )
+    return layers.Concatenate(axis=axis, name=f"{name}_concat")([shortcut, y])
+
+
+def stage_output_layer_names(model):
+    """Maps `"stage2"`...`"stage4"` to the name of each stage's last layer."""
+    names = {}
+    for layer in model.layers:
+        if layer.name.startswith("stage") and "_unit" in layer.name:
+            stage = layer.name.split("_")[0]
+            if layer.name.endswith(("_relu", "_concat")) and not (
+                layer.name.endswith(("gconv1_relu", "branch_relu"))
+            ):
+                names[stage] = layer.name
+    return names
+
+
+def _check_input_shape(input_shape, input_tensor, include_preprocessing):
+    channels_last = keras.config.image_data_format() == "channels_last"
+    if input_tensor is not None and input_shape is None:
+        input_shape = tuple(input_tensor.shape[1:])
+    if input_shape is None:
+        return (224, 224, 3) if channels_last else (3, 224, 224)
+    try:
+        input_shape = tuple(None if d is None else int(d) for d in input_shape)
+    except (TypeError, ValueError):
+        raise ValueError(
+            "`input_shape` must be a tuple of 3 ints or None, such as "
+            f"(224, 224, 3). Received: input_shape={input_shape!r}"
+        ) from None
+    if len(input_shape) != 3:
+        raise ValueError(
+            "`input_shape` must have 3 entries (height, width, channels), "
+            f"without the batch size. Received: input_shape={input_shape}"
+        )
+    spatial = input_shape[:2] if channels_last else input_shape[1:]
+    channels = input_shape[2] if channels_last else input_shape[0]
+    for size in spatial:
+        if size is not None and size < MIN_INPUT_SIZE:
+            raise ValueError(
+                f"Height and width in `input_shape` must be at least "
+                f"{MIN_INPUT_SIZE} (the network downsamples by 32) or None. "
+                f"Received: input_shape={input_shape}"
+            )
+    if channels is None or channels < 1:
+        raise ValueError(
+            "The channel count in `input_shape` must be a positive int. "
+            f"Received: input_shape={input_shape}"
+        )
+    if include_preprocessing and channels != 3:
+        raise ValueError(
+            "`include_preprocessing=True` normalises RGB images, so "
+            f"`input_shape` needs 3 channels. Received: input_shape="
+            f"{input_shape}. Pass include_preprocessing=False for other "
+            "inputs."
+        )
+    return input_shape
+
+
+def _check_weights(weights):
+    if weights is None:
+        return None
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(
+            "`weights` must be None, a path to a .weights.h5 or .keras file, "
+            f"or a registered weights name. Received: weights={weights!r}"
+        )
+    return os.fspath(weights)
+
+
+def preprocess_input(x):
+    """Normalises RGB pixel values in [0, 255] with ImageNet statistics.
+
+    Use it with `include_preprocessing=False`; with the default
+    `include_preprocessing=True` the model does this itself.
+
+    Args:
+        x: Array or tensor of RGB pixel values in [0, 255], channels last
+            or first as `keras.config.image_data_format()` says.
+
+    Returns:
+        A float32 tensor, `(x / 255 - mean) / std` per channel.
+    """
+    x = keras.ops.cast(x, "float32")
+    shape = (3,) if _channel_axis() == -1 else (3, 1, 1)
+    mean = keras.ops.reshape(
+        keras.ops.array([255 * m for m in IMAGENET_MEAN]), shape
+    )
+    std = keras.ops.reshape(
+        keras.ops.array([255 * s for s in IMAGENET_STD]), shape
+    )
+    return (x - mean) / std
+
+
+def _preprocessing_layer():
+    return layers.Normalization(
+        axis=_channel_axis(),
+        mean=[255 * m for m in IMAGENET_MEAN],
+        variance=[(255 * s) ** 2 for s in IMAGENET_STD],
+        name="preprocessing",
+    )
+
+
+def ShuffleNet(
+    scale=1.0,
+    groups=3,
+    se=False,
+    *,
+    shallow=False,
+    shuffle=True,
+    shuffle_order="paper",
+    group_conv_implementation="split",
+    bottleneck_multiple=1,
+    include_top=True,
+    include_preprocessing=True,
+    weights=None,
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    name=None,
+):
+    """Instantiates ShuffleNet v1, "ShuffleNet s x (g = groups)".
+
+    The network is Table 1: a 3x3/2 conv (BN, ReLU) and a 3x3/2 max pool,
+    three stages of 4, 8 and 4 ShuffleNet units whose first unit has
+    stride 2, global average pooling and a fully connected classifier.
+    Padding, pooling and BN match the official PyTorch release, so its
+    ImageNet weights run exactly (see `from_official_checkpoint`).
+
+    Reference:
+        Zhang et al., "ShuffleNet", section 3.3 and Table 1; Table 5 for
+        `se` and `shallow`; Table 3 for `shuffle=False`.
+
+    Args:
+        scale: Width multiplier `s`, any positive number (the paper uses
+            0.25, 0.5, 1, 1.5 and 2). See `shufflenet_widths`. Defaults to
+            1.0.
+        groups: Groups of the pointwise convolutions: 1, 2, 3, 4 or 8.
+            Defaults to 3.
+        se: Adds squeeze-and-excitation (reduction 16) to every unit's
+            residual branch (Table 5). Defaults to False.
+        shallow: Halves the units of stages 2 to 4 (Table 5's "0.5x
+            shallow"). Defaults to False.
+        shuffle: Whether to shuffle channels; False is Table 3's ablation.
+            Defaults to True.
+        shuffle_order: `"paper"` or `"official"`, the official release's
+            inverse permutation, which its weights need. Defaults to
+            `"paper"`.
+        group_conv_implementation: Lowering of the pointwise group convs:
+            `"split"`, `"grouped"` or `"dense"` (see `PointwiseGroupConv2D`).
+            Defaults to `"split"`, the fastest to train on CPU and GPU.
+        bottleneck_multiple: Opt-in speed variant, not the paper's widths:
+            rounds each group's bottleneck channels to a multiple of this,
+            e.g. 16 to fill XNNPACK's AVX-512 tiles (1x g=3: 143.8 MFLOPs,
+            6% faster in float32 TFLite on x86). Defaults to 1 (exact).
+        include_top: Whether to include the classifier. Defaults to True.
+        include_preprocessing: Whether the model normalises its input
+            itself, so that it takes RGB pixel values in [0, 255] (a TFLite
+            model then takes camera frames directly). Defaults to True.
+        weights: None (random initialisation), a path to a `.weights.h5` or
+            `.keras` file, or the name of a registered pretrained set (see
+            `keras_shufflenet.pretrained`). Defaults to None.
+        input_tensor: Optional Keras tensor to use as the image input.
+        input_shape: Optional `(height, width, 3)` tuple; height and width
+            are at least 32 or None. Defaults to (224, 224, 3).
+        pooling: Feature pooling when `include_top=False`: None (the 4-D
+            stage 4 output), `"avg"` or `"max"`.
+        classes: Number of classes when `include_top=True`. Defaults to
+            1000.
+        classifier_activation: Activation of the classifier, a string or
+            callable; None returns logits. Defaults to `"softmax"`.
+        name: Model name. Defaults to e.g. `"shufflenet_1.00x_g3"`.
+
+    Returns:
+        A functional `keras.Model`. Its outputs are float32 under mixed
+        precision policies too.
+    """
+    weights = _check_weights(weights)
+    spec = None
+    if weights is not None and not weights.endswith((".h5", ".keras")):
+
+        spec = get(weights)
+        if (float(scale), groups) != (spec.scale, spec.groups):
+            raise ValueError(
+                f"weights={weights!r} are for scale={spec.scale}, "
+                f"groups={spec.groups}. Received: scale={scale}, "
+                f"groups={groups}"
+            )
+        shuffle_order = spec.model_kwargs.get("shuffle_order", shuffle_order)
+        include_preprocessing = spec.model_kwargs.get(
+            "include_preprocessing", include_preprocessing
+        )
+        if include_top and classes != 1000:
+            raise ValueError(
+                f"weights={weights!r} have a 1000-class classifier; use "
+                f"include_top=False for other classes. Received: "
+                f"classes={classes}"
+            )
+
+    # Halving the units halves the stages' FLOPs; widening by sqrt(2)
+    # restores them, as Table 5 compares "0.5x shallow" at ~40 MFLOPs.
+    widths = shufflenet_widths(scale * (math.sqrt(2) if shallow else 1), groups)
+    if not isinstance(se, bool):
+        raise ValueError(f"`se` must be a bool. Received: se={se!r}")
+    if shuffle_order not in SHUFFLE_ORDERS:
+        raise ValueError(
+            f"`shuffle_order` must be one of {SHUFFLE_ORDERS}. "
+            f"Received: shuffle_order={shuffle_order!r}"
+        )
+    if group_conv_implementation not in GROUP_CONV_IMPLEMENTATIONS:
+        raise ValueError(
+            "`group_conv_implementation` must be one of "
+            f"{GROUP_CONV_IMPLEMENTATIONS}. Received: "
+            f"group_conv_implementation={group_conv_implementation!r}"
+        )
+    if (
+        isinstance(bottleneck_multiple, bool)
+        or not isinstance(bottleneck_multiple, int)
+        or bottleneck_multiple < 1
+    ):
+        raise ValueError(
+            "`bottleneck_multiple` must be a positive int. Received: "
+            f"bottleneck_multiple={bottleneck_multiple!r}"
+        )
+    if pooling not in (None, "avg", "max"):
+        raise ValueError(
+            "`pooling` must be None, 'avg' or 'max'. "
+            f"Received: pooling={pooling!r}"
+        )
+    if include_top and (
+        isinstance(classes, bool) or not isinstance(classes, int)
+        or classes < 1
+    ):
+        raise ValueError(
+            "`classes` must be a positive int when include_top=True. "
+            f"Received: classes={classes!r}"
+        )
+    if include_top:
+        try:
+            keras.activations.get(classifier_activation)
+        except (ValueError, TypeError):
+            raise ValueError(
+                "`classifier_activation` must be None, a Keras activation "
+                "name or a callable. Received: "
+                f"classifier_activation={classifier_activation!r}"
+            ) from None
+    input_shape = _check_input_shape(
+        input_shape, input_tensor, include_preprocessing
+    )
+    _warn_if_channels_first_cannot_run()
+
+    if input_tensor is None:
+        img_input = layers.Input(shape=input_shape, name="image")
+    elif keras.backend.is_keras_tensor(input_tensor):
+        img_input = input_tensor
+    else:
+        img_input = layers.Input(tensor=input_tensor, shape=input_shape)
+
+    x = img_input
+    if include_preprocessing:
+        x = _preprocessing_layer()(x)
+
+    stem, *stage_widths = widths
+    x = _pad(x, "conv1_pad")
+    x = layers.Conv2D(
+        stem, 3, strides=2, use_bias=False, kernel_initializer="he_normal",
+        name="conv1",
+    )(x)
+    x = _batch_norm(x, "conv1_bn")
+    x = layers.ReLU(name="conv1_relu")(x)
+    # After the ReLU, zero padding acts as PyTorch's -inf padding.
+    x = _pad(x, "pool1_pad")
+    x = layers.MaxPooling2D(3, 2, name="pool1")(x)
+
+    repeats = SHALLOW_STAGE_REPEATS if shallow else STAGE_REPEATS
+    for stage, (width, units) in enumerate(zip(stage_widths, repeats), 2):
+        for unit in range(1, units + 1):
+            x = shufflenet_unit(
+                x,
+                width,
+                groups,
+                stride=2 if unit == 1 else 1,
+                group_first_conv=not (stage == 2 and unit == 1),
+                se=se,
+                shuffle=shuffle,
+                shuffle_order=shuffle_order,
+                implementation=group_conv_implementation,
+                bottleneck_multiple=bottleneck_multiple,
+                name=f"stage{stage}_unit{unit}",
+            )
+
+    float32_out = keras.config.dtype_policy().compute_dtype != "float32"
+    if include_top:
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        # No bias, as in the official release (and its parameter counts).
+        x = layers.Dense(classes, use_bias=False, name="predictions")(x)
+        if classifier_activation is not None or float32_out:
+            x = layers.Activation(
+                classifier_activation or "linear",
+                dtype="float32",
+                name="predictions_activation",
+            )(x)
+    else:
+        if pooling == "avg":
+            x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        elif pooling == "max":
+            x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+        if float32_out:
+            x = layers.Activation("linear", dtype="float32", name="output")(x)
+
+    if input_tensor is not None:
+        inputs = keras.utils.get_source_inputs(input_tensor)
+    else:
+        inputs = img_input
+    if name is None:
+        name = f"shufflenet_{scale:.2f}x_g{groups}"
+        name += "_shallow" * shallow + "_se" * se + "_noshuffle" * (
+            not shuffle
+        )
+    model = keras.Model(inputs, x, name=name)
+
+    if spec is not None:
+
+        weights = local_path(spec)
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+def feature_extractor(model):
+    """Returns a multi-output backbone for detection (section 4.4).
+
+    Args:
+        model: A ShuffleNet from `ShuffleNet(...)`, usually with
+            `include_top=False` and `input_shape=(None, None, 3)`.
+
+    Returns:
+        A `keras.Model` with the same input and a dict of outputs:
+        `{"stage2": stride 8, "stage3": stride 16, "stage4": stride 32}`.
+    """
+    names = stage_output_layer_names(model)
+    missing = {"stage2", "stage3", "stage4"} - set(names)
+    if missing:
+        raise ValueError(
+            f"`model` ({model.name!r}) is not a ShuffleNet: it has no "
+            f"layers for {sorted(missing)}."
+        )
+    outputs = {stage: model.get_layer(n).output for stage, n in names.items()}
+    return keras.Model(model.input, outputs, name=f"{model.name}_features")

@@ -1,0 +1,9 @@
+"""Helpers every stage shares: atomic file writes, argument checks and
+timing statistics. Imports nothing else of this package.
+"""
+
+from keras_shufflenet.utils.checks import check_choice
+from keras_shufflenet.utils.cli import exit_on_errors
+from keras_shufflenet.utils.files import write_atomic
+from keras_shufflenet.utils.timing import interleaved_schedule
+from keras_shufflenet.utils.timing import timing_stats

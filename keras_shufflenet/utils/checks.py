@@ -1,0 +1,8 @@
+"""Argument checks with errors that name the argument."""
+
+
+def check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(
+            f"`{name}` must be one of {choices}. Received: {name}={value!r}"
+        )

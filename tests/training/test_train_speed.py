@@ -1,0 +1,35 @@
+"""Tests of the training throughput benchmark."""
+
+import pytest
+
+from keras_shufflenet.training import fused
+from keras_shufflenet.training.throughput import build
+from keras_shufflenet.training.throughput import training_throughput
+
+
+def test_benchmark_model_names_select_the_lowering():
+    model = build("shufflenet_0.25x_g2_dense", (32, 32, 3))
+    convs = [layer for layer in model.layers if hasattr(layer, "implementation")]
+    assert convs and {c.implementation for c in convs} == {"dense"}
+    with pytest.raises(ValueError, match="shufflenet_<scale>x_g<groups>"):
+        build("resnet50")
+
+
+def test_fused_benchmark_model_is_the_training_graph_of_the_split_model():
+    model = build("shufflenet_0.25x_g3_fused", (32, 32, 3))
+    units = [
+        layer for layer in model.layers
+        if isinstance(layer, fused.FusedShuffleUnit)
+    ]
+    assert len(units) == 13
+    assert {u.gconv1.implementation for u in units} == {"split"}
+
+
+def test_training_throughput_reports_images_per_second():
+    results = training_throughput(
+        ["shufflenet_0.25x_g3_split", "shufflenet_0.25x_g3_dense"],
+        batch_size=2, image_size=32, rounds=2, steps=1, warmup=1,
+    )
+    for stats in results.values():
+        assert stats["n"] == 2
+        assert 0 < stats["p90"] <= stats["median"]
