@@ -1,7 +1,7 @@
 """Reports single-crop top-1/top-5 accuracy of a saved ShuffleNet.
 
     python recipes/evaluate.py --model_path=runs/quickstart_digits/export/\
-shufflenet_0.50x_g3.keras
+shufflenet_0.5x_g3.keras
     python recipes/evaluate.py --recipe=shufflenet_1.0x_g3 \
         --model_path=model.weights.h5 --data.data_dir=~/tensorflow_datasets
 

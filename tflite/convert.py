@@ -6,7 +6,7 @@
     # full-integer int8, int8 camera-frame input, calibrated on 300 centre
     # crops of the evaluation split:
     python tflite/convert.py --model=... --output=/tmp/m_int8.tflite \
-        --mode=int8 --input_type=int8 --data_source=digits
+        --mode=int8 --input_type=int8 --data.source=digits
     # ShuffleNet 1x g3 from arguments (random weights or --weights=...):
     python tflite/convert.py --scale=1 --groups=3 --image_size=224 \
         --output=/tmp/s1.tflite --mode=float16
@@ -42,8 +42,9 @@ _SE = flags.DEFINE_bool("se", False, "Squeeze-and-excitation units.")
 _SHALLOW = flags.DEFINE_bool("shallow", False, "Half-depth stages.")
 _CLASSES = flags.DEFINE_integer("classes", 1000, "Classifier classes.")
 _SHUFFLE_ORDER = flags.DEFINE_enum(
-    "shuffle_order", "paper", ["paper", "official"],
-    "Channel shuffle order of the built ShuffleNet.",
+    "shuffle_order", None, ["paper", "official"],
+    "Channel shuffle order of the built ShuffleNet. Defaults to 'paper', "
+    "or to what --weights need.",
 )
 _IMAGE_SIZE = flags.DEFINE_integer(
     "image_size", None,
@@ -98,12 +99,12 @@ flags.mark_flag_as_required("output")
 
 
 def _calibration_images(image_size):
-    if flags.FLAGS.data_source is None:
+    config = data.input_config_from_flags(image_size)
+    if config.source is None:
         raise app.UsageError(
-            f"--mode={_MODE.value} needs --data_source (and its data "
+            f"--mode={_MODE.value} needs --data.source (and its data "
             "flags) to calibrate."
         )
-    config = data.input_config_from_flags(image_size)
     images = lite.calibration_images(
         config, _NUM_CALIBRATION_IMAGES.value, _CALIBRATION_SPLIT.value
     )

@@ -2,10 +2,10 @@
 
     # One converted model against its Keras source:
     python tflite/evaluate.py --tflite=/tmp/m_int8.tflite \
-        --model=runs/quickstart_digits/export/m.keras --data_source=digits
+        --model=runs/quickstart_digits/export/m.keras --data.source=digits
     # Convert a Keras model every way (float32, float16, dynamic, int8
     # variants, AI Edge Quantizer) and tabulate them, with a PNG:
-    python tflite/evaluate.py --model=... --data_source=digits \
+    python tflite/evaluate.py --model=... --data.source=digits \
         --variants=all --output_json=/tmp/modes.json --plot=/tmp/modes.png
 
 Prints TFLite top-1, Keras top-1, their top-1 agreement and the largest
@@ -63,7 +63,8 @@ _SE = flags.DEFINE_bool("se", False, "Squeeze-and-excitation units.")
 _SHALLOW = flags.DEFINE_bool("shallow", False, "Half-depth stages.")
 _CLASSES = flags.DEFINE_integer("classes", 1000, "Classifier classes.")
 _SHUFFLE_ORDER = flags.DEFINE_enum(
-    "shuffle_order", "paper", ["paper", "official"], "Channel shuffle order."
+    "shuffle_order", None, ["paper", "official"],
+    "Channel shuffle order. Defaults to 'paper', or to what --weights need.",
 )
 data.define_input_flags("Evaluation data source.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 50, "Keras batch size.")
@@ -74,7 +75,6 @@ _NUM_THREADS = flags.DEFINE_integer("num_threads", 1, "LiteRT threads.")
 _OUTPUT_JSON = flags.DEFINE_string(
     "output_json", None, "Write the results here as JSON."
 )
-flags.mark_flags_as_required(["data_source"])
 
 
 def _keras_model(image_size):
@@ -94,6 +94,13 @@ def _keras_model(image_size):
     )
 
 
+def _input_config(image_size):
+    config = data.input_config_from_flags(image_size)
+    if config.source is None:
+        raise app.UsageError("--data.source is required (and its data flags).")
+    return config
+
+
 def _progress(message):
     print(message, flush=True)
 
@@ -106,7 +113,7 @@ def _compare_variants():
     variants = _VARIANTS.value
     if variants == ["all"]:
         variants = list(lite.CONVERSION_VARIANTS)
-    config = data.input_config_from_flags(size)
+    config = _input_config(size)
     calibration = None
     unknown = sorted(set(variants) - set(lite.CONVERSION_VARIANTS))
     if unknown:
@@ -162,7 +169,7 @@ def main(argv):
     height, width = runner.image_size
     if height != width:
         raise app.UsageError(f"Square inputs only. Received: {height}x{width}")
-    config = data.input_config_from_flags(height)
+    config = _input_config(height)
     pipeline = data.InputPipeline(config)
     total = pipeline.num_examples(False)
     if _MAX_EXAMPLES.value:

@@ -6,30 +6,19 @@ import dataclasses
 
 import tensorflow as tf
 from absl import flags
+from absl import logging
 
 AUTOTUNE = tf.data.AUTOTUNE
-
-
 # Labels of the Cloud TPU ImageNet conversion script run 1..1000 (0 is unused
 # "background"); subtract this to get 0-based labels.
 IMAGENET_TFRECORD_LABEL_OFFSET = 1
-
-
 # Paper section 4: a 224x224 centre view cropped from a 256x256 resize.
 DEFAULT_CROP_FRACTION = 224.0 / 256.0
-
-
 DEFAULT_ASPECT_RATIO_RANGE = (3.0 / 4.0, 4.0 / 3.0)
-
-
 # Strength used by the official ShuffleNet release for brightness, contrast
 # and saturation jitter.
 OFFICIAL_COLOR_JITTER = 0.4
-
-
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-
-
 SOURCES = ("tfds", "tfrecord", "folder", "digits")
 
 
@@ -96,7 +85,8 @@ class InputConfig:
             Defaults to ``default_min_crop_area(model_scale)``.
         max_crop_area: Maximum area fraction. Defaults to 1.0.
         model_scale: Width multiplier of the model being trained, used only
-            to choose ``min_crop_area``. Defaults to 1.0.
+            to choose ``min_crop_area``. Defaults to None: the trained
+            model's scale in a training config, else 1.0.
         aspect_ratio_range: Range of crop width/height. Defaults to 3/4-4/3.
         color_jitter: Strength of random brightness, contrast and saturation
             changes (factor drawn from ``[1 - s, 1 + s]``); 0 disables.
@@ -132,7 +122,7 @@ class InputConfig:
     image_size: int = 224
     min_crop_area: float | None = None
     max_crop_area: float = 1.0
-    model_scale: float = 1.0
+    model_scale: float | None = None
     aspect_ratio_range: tuple[float, float] = DEFAULT_ASPECT_RATIO_RANGE
     color_jitter: float = 0.0
     crop_fraction: float = DEFAULT_CROP_FRACTION
@@ -149,7 +139,8 @@ class InputConfig:
         """The ``(min, max)`` crop area fractions after defaults."""
         low = self.min_crop_area
         if low is None:
-            low = default_min_crop_area(self.model_scale)
+            scale = 1.0 if self.model_scale is None else self.model_scale
+            low = default_min_crop_area(scale)
         return (float(low), float(self.max_crop_area))
 
     def validate(self):
@@ -210,60 +201,84 @@ class InputConfig:
             )
 
 
-def define_input_flags(data_source_help):
+# The source flags of programs that read data: `--data.<field>` for these
+# `InputConfig` fields, the spelling of the training programs' config
+# flags. The second name is the flag's spelling before 0.2, still read.
+_SOURCE_FLAGS = (
+    ("source", "data_source", "enum", None, None),
+    ("name", "data_name", "string", None, "TFDS dataset name."),
+    ("data_dir", "data_dir", "string", None, "TFDS data directory."),
+    ("train_split", "train_split", "string", "train", "TFDS training split."),
+    ("eval_split", "eval_split", "string", "validation",
+     "TFDS evaluation split."),
+    ("train_path", "train_path", "string", None,
+     "Class folders or TFRecord files (train split)."),
+    ("eval_path", "eval_path", "string", None,
+     "Class folders or TFRecord files (eval split)."),
+    ("num_classes", "num_classes", "integer", None,
+     "Classes of a TFRecord source."),
+    ("label_offset", "label_offset", "integer",
+     IMAGENET_TFRECORD_LABEL_OFFSET, "Subtracted from TFRecord labels."),
+    ("crop_fraction", "crop_fraction", "float", DEFAULT_CROP_FRACTION,
+     "Evaluation centre crop side over the shorter image side."),
+)
+
+
+def define_input_flags(data_source_help, flag_values=flags.FLAGS):
     """Defines the absl flags that select an input source for a program.
 
-    The flags mirror `InputConfig`'s source fields: `--data_source`,
-    `--data_name`, `--data_dir`, `--train_split`, `--eval_split`,
-    `--train_path`, `--eval_path`, `--num_classes`, `--label_offset` and
-    `--crop_fraction`. Read them back with `input_config_from_flags`.
+    The flags are `InputConfig`'s source fields, spelled as the training
+    programs spell them: `--data.source`, `--data.name`, `--data.data_dir`,
+    `--data.train_split`, `--data.eval_split`, `--data.train_path`,
+    `--data.eval_path`, `--data.num_classes`, `--data.label_offset` and
+    `--data.crop_fraction`. The old spellings (`--data_source`,
+    `--train_path`, ...) are still read, with a warning. Read them back
+    with `input_config_from_flags`.
 
     Args:
-        data_source_help: Help text of `--data_source`, saying what the
+        data_source_help: Help text of `--data.source`, saying what the
             program uses the data for.
+        flag_values: The `FlagValues` to define them in.
     """
-    flags.DEFINE_enum("data_source", None, SOURCES, data_source_help)
-    flags.DEFINE_string("data_name", None, "TFDS dataset name.")
-    flags.DEFINE_string("data_dir", None, "TFDS data directory.")
-    flags.DEFINE_string("train_split", "train", "TFDS training split.")
-    flags.DEFINE_string("eval_split", "validation", "TFDS evaluation split.")
-    flags.DEFINE_string(
-        "train_path", None, "Class folders or TFRecord files (train split)."
-    )
-    flags.DEFINE_string(
-        "eval_path", None, "Class folders or TFRecord files (eval split)."
-    )
-    flags.DEFINE_integer("num_classes", None, "Classes of a TFRecord source.")
-    flags.DEFINE_integer(
-        "label_offset", IMAGENET_TFRECORD_LABEL_OFFSET,
-        "Subtracted from TFRecord labels.",
-    )
-    flags.DEFINE_float(
-        "crop_fraction", DEFAULT_CROP_FRACTION,
-        "Evaluation centre crop side over the shorter image side.",
-    )
+    for field, old, kind, default, help_text in _SOURCE_FLAGS:
+        help_text = help_text or data_source_help
+        extra = {"enum_values": list(SOURCES)} if kind == "enum" else {}
+        define = getattr(flags, f"DEFINE_{kind}")
+        define(name=f"data.{field}", default=default, help=help_text,
+               flag_values=flag_values, **extra)
+        define(name=old, default=None,
+               help=f"Deprecated spelling of --data.{field}.",
+               flag_values=flag_values, **extra)
 
 
-def input_config_from_flags(image_size):
+def input_config_from_flags(image_size, flag_values=flags.FLAGS):
     """Returns the `InputConfig` that `define_input_flags`' flags select.
 
     Args:
         image_size: Side of the square images the model takes.
+        flag_values: The parsed `FlagValues`.
 
     Returns:
         An `InputConfig`.
+
+    Raises:
+        ValueError: A flag is given in both spellings with two values.
     """
-    f = flags.FLAGS
-    return InputConfig(
-        source=f.data_source,
-        name=f.data_name,
-        data_dir=f.data_dir,
-        train_split=f.train_split,
-        eval_split=f.eval_split,
-        train_path=f.train_path,
-        eval_path=f.eval_path,
-        num_classes=f.num_classes,
-        label_offset=f.label_offset,
-        image_size=image_size,
-        crop_fraction=f.crop_fraction,
-    )
+    values = {}
+    for field, old, _, _, _ in _SOURCE_FLAGS:
+        new = flag_values[f"data.{field}"]
+        value = new.value
+        if flag_values[old].present:
+            if new.present and new.value != flag_values[old].value:
+                raise ValueError(
+                    f"--{old} is the old spelling of --data.{field}; give "
+                    f"one. Received: --{old}={flag_values[old].value!r}, "
+                    f"--data.{field}={new.value!r}"
+                )
+            logging.warning(
+                "--%s is deprecated and will be removed in a future "
+                "release; use --data.%s.", old, field,
+            )
+            value = flag_values[old].value
+        values[field] = value
+    return InputConfig(image_size=image_size, **values)

@@ -28,11 +28,7 @@ from keras_shufflenet.utils.checks import check_choice
 from keras_shufflenet.utils.files import write_atomic
 
 MODES = ("float32", "float16", "dynamic", "int8", "int16x8")
-
-
 INPUT_TYPES = ("float32", "int8", "uint8")
-
-
 OUTPUT_TYPES = ("float32", "int8")
 
 

@@ -23,8 +23,6 @@ from keras_shufflenet.utils.files import write_atomic
 
 # How the MLIR converter names an op it cannot lower to a builtin.
 _NON_BUILTIN_OP = re.compile(r"'tf\.(\w+)' op is neither a custom op")
-
-
 DTYPES = {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}
 
 

@@ -2,6 +2,7 @@
 and accuracy of TFLite models on a dataset.
 """
 
+import io
 import json
 import os
 import tempfile
@@ -427,13 +428,10 @@ def plot_conversions(rows, path, title=""):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
+    write_atomic(path, buffer.getvalue())
 
 
 def format_evaluation(results):

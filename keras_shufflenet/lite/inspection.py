@@ -113,8 +113,6 @@ def check_builtin_ops(tflite):
 # channel's requantization scale (input scale x filter scale / output
 # scale) below 256; a larger one fails delegate preparation.
 XNNPACK_MAX_REQUANTIZATION_SCALE = 256.0
-
-
 _WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
 

@@ -31,8 +31,6 @@ REWRITES = (
 # 224x224 on x86: 12%) and with dynamic-range weights (12-18%), so those
 # conversions leave it out.
 INTEGER_REWRITES = tuple(r for r in REWRITES if r != "groupwise_units")
-
-
 # Which units "groupwise_units" rewrites (`_is_groupwise`), from per-stage
 # float32 measurements at 224x224 on x86: 2x g=3 gains in all three stages
 # (-0.36, -0.47, -0.13 ms), 1x in stage 3 (40 channels per group at 14x14:
@@ -40,11 +38,7 @@ INTEGER_REWRITES = tuple(r for r in REWRITES if r != "groupwise_units")
 # 3) or of 40 or 80 at 7x7 (0.5x, 1x stage 4) gains nothing or loses:
 # there, the extra ops cost what the dense convolutions save.
 GROUPWISE_MIN_CHANNELS = 32  # Bottleneck channels per group.
-
-
 GROUPWISE_MIN_VALUES = 14 * 14 * 40  # Per-group bottleneck values.
-
-
 # XNNPACK delegates SPLIT into at most 4 and CONCATENATION of at most 5.
 GROUPWISE_MAX_GROUPS = 4
 

@@ -14,13 +14,12 @@ from keras_shufflenet.data.pipeline import InputPipeline
 from keras_shufflenet.data.sources import load_digits_arrays
 from keras_shufflenet.lite.rewrite import deployment_model
 from keras_shufflenet.lite.rewrite import rewrites_for
+from keras_shufflenet.models.loading import load_model as load_shufflenet
 from keras_shufflenet.models.shufflenet import ShuffleNet
 from keras_shufflenet.utils.checks import check_choice
 
 DEFAULT_NUM_CALIBRATION_IMAGES = 300
 SIGNATURE_KEY = "serving_default"
-
-
 INPUT_NAME = "images"
 
 
@@ -66,17 +65,7 @@ def load_model(
                 f"model_path={model_path!r}, weights={weights!r}, "
                 f"arguments={sorted(shufflenet_kwargs)}"
             )
-        model_path = os.fspath(model_path)
-        if not model_path.endswith(".keras"):
-            raise ValueError(
-                "`model_path` must be a .keras file. "
-                f"Received: model_path={model_path!r}"
-            )
-        if not os.path.isfile(model_path):
-            raise FileNotFoundError(f"Model file not found: {model_path}")
-        return keras.saving.load_model(model_path, safe_mode=True)
-    if weights is not None and not os.path.isfile(os.fspath(weights)):
-        raise FileNotFoundError(f"Weights file not found: {weights}")
+        return load_shufflenet(model_path)
     return ShuffleNet(
         input_shape=(image_size, image_size, 3),
         weights=weights,

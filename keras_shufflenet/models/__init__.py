@@ -3,6 +3,12 @@ its layers), its complexity (Tables 1, 2, 5) and the registry of pretrained
 weights. Imports nothing else of this package but `utils`.
 """
 
+from keras_shufflenet.models.checks import GROUPS
+from keras_shufflenet.models.checks import MIN_INPUT_SIZE
+from keras_shufflenet.models.checks import check_arguments
+from keras_shufflenet.models.checks import check_input_shape
+from keras_shufflenet.models.checks import check_scale_groups
+from keras_shufflenet.models.checks import check_weights
 from keras_shufflenet.models.complexity import PAPER_MFLOPS
 from keras_shufflenet.models.complexity import PAPER_MFLOPS_BY_SCALE
 from keras_shufflenet.models.complexity import complexity
@@ -28,11 +34,15 @@ from keras_shufflenet.models.layers import SplitChannels
 from keras_shufflenet.models.layers import iter_layers
 from keras_shufflenet.models.layers import set_group_conv_implementation
 from keras_shufflenet.models.layers import shuffle_permutation
+from keras_shufflenet.models.loading import load_model
 from keras_shufflenet.models.loading import load_weights
+from keras_shufflenet.models.naming import parse_variant_name
+from keras_shufflenet.models.naming import variant_name
 from keras_shufflenet.models.pretrained import OFFICIAL_BAIDUYUN
 from keras_shufflenet.models.pretrained import OFFICIAL_COMPLEXITY
 from keras_shufflenet.models.pretrained import OFFICIAL_MODEL_KWARGS
 from keras_shufflenet.models.pretrained import OFFICIAL_ONEDRIVE
+from keras_shufflenet.models.pretrained import OFFICIAL_PREFIX
 from keras_shufflenet.models.pretrained import OFFICIAL_PREPROCESSING
 from keras_shufflenet.models.pretrained import OFFICIAL_REPOSITORY
 from keras_shufflenet.models.pretrained import REGISTRY
@@ -41,15 +51,16 @@ from keras_shufflenet.models.pretrained import convert_command
 from keras_shufflenet.models.pretrained import find
 from keras_shufflenet.models.pretrained import get
 from keras_shufflenet.models.pretrained import local_path
+from keras_shufflenet.models.pretrained import model_kwargs
 from keras_shufflenet.models.pretrained import names
 from keras_shufflenet.models.pretrained import official_name
+from keras_shufflenet.models.pretrained import resolve_weights
 from keras_shufflenet.models.pretrained import weights_dir
 from keras_shufflenet.models.shufflenet import BN_EPSILON
 from keras_shufflenet.models.shufflenet import BN_MOMENTUM
 from keras_shufflenet.models.shufflenet import BOTTLENECK_RATIO
 from keras_shufflenet.models.shufflenet import IMAGENET_MEAN
 from keras_shufflenet.models.shufflenet import IMAGENET_STD
-from keras_shufflenet.models.shufflenet import MIN_INPUT_SIZE
 from keras_shufflenet.models.shufflenet import OFFICIAL_WIDTHS
 from keras_shufflenet.models.shufflenet import SE_REDUCTION
 from keras_shufflenet.models.shufflenet import SHALLOW_STAGE_REPEATS

@@ -10,11 +10,7 @@ import keras
 from keras import ops
 
 PACKAGE = "keras_shufflenet"
-
-
 SHUFFLE_ORDERS = ("paper", "official")
-
-
 GROUP_CONV_IMPLEMENTATIONS = ("split", "grouped", "dense")
 
 

@@ -1,9 +1,40 @@
-"""Loading weights into a ShuffleNet: `.weights.h5` and `.keras` files,
-with one clear error when the file holds another architecture.
+"""Loading ShuffleNets and their weights: whole `.keras` models (in safe
+mode), and `.weights.h5`/`.keras` weights with one clear error when the
+file holds another architecture.
 """
 
 import os
 import warnings
+
+import keras
+
+
+def load_model(path, argument="model_path"):
+    """Loads a whole `.keras` model in safe mode, with errors naming it.
+
+    Every layer of this package is registered, so no `custom_objects` are
+    needed, and no Python code from the file runs.
+
+    Args:
+        path: Path of a `.keras` file.
+        argument: The argument or flag `path` came from, for messages.
+
+    Returns:
+        A `keras.Model`.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        ValueError: The path is not a `.keras` file.
+    """
+    path = os.fspath(path)
+    if not path.endswith(".keras"):
+        raise ValueError(
+            f"`{argument}` must be a .keras file. Received: "
+            f"{argument}={path!r}"
+        )
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"`{argument}` not found: {path!r}")
+    return keras.saving.load_model(path, safe_mode=True)
 
 
 def load_weights(model, path):

@@ -10,14 +10,16 @@ import dataclasses
 import os
 import types
 
+from keras_shufflenet.models.checks import check_weights
+from keras_shufflenet.models.naming import parse_variant_name
+from keras_shufflenet.models.naming import variant_name
+
 OFFICIAL_REPOSITORY = "https://github.com/megvii-model/ShuffleNet-Series"
-
-
+# Registry names are `variant_name(scale, groups, prefix=OFFICIAL_PREFIX)`.
+OFFICIAL_PREFIX = "official_imagenet"
 # The release's README links one shared OneDrive folder (and a BaiduYun
 # mirror) holding every checkpoint, not one URL per file.
 OFFICIAL_ONEDRIVE = "https://1drv.ms/f/s!AgaP37NGYuEXhRfQxHRseR7eSxXo"
-
-
 OFFICIAL_BAIDUYUN = (
     "https://pan.baidu.com/s/1EUQVoFPb74yZm0JWHKjFOw (extract code: mc24)"
 )
@@ -100,7 +102,7 @@ OFFICIAL_COMPLEXITY = {
 
 def official_name(scale, groups):
     """Registry name of the official checkpoint for `(scale, groups)`."""
-    return f"official_imagenet_{float(scale):.1f}x_g{groups}"
+    return variant_name(scale, groups, prefix=OFFICIAL_PREFIX)
 
 
 def _official(scale, groups, top1_error, top5_error):
@@ -158,6 +160,13 @@ def get(name):
     Raises:
         ValueError: `name` is not registered; the message lists the names.
     """
+    if isinstance(name, str) and name not in REGISTRY:
+        try:
+            variant = parse_variant_name(name, OFFICIAL_PREFIX, "weights")
+        except ValueError:
+            variant = None
+        if variant is not None and not variant["suffix"]:
+            name = official_name(variant["scale"], variant["groups"])
     try:
         return REGISTRY[name]
     except (KeyError, TypeError):
@@ -225,3 +234,80 @@ def local_path(entry):
     )
 
 
+
+
+def model_kwargs(entry, **requested):
+    """The `ShuffleNet` arguments that `entry`'s weights need.
+
+    An argument the caller left as None takes the checkpoint's value; one
+    that differs from it is refused rather than silently replaced.
+
+    Args:
+        entry: A `PretrainedWeights`, or None for no registered weights.
+        **requested: The caller's values of the arguments in
+            `entry.model_kwargs` (None where not given).
+
+    Returns:
+        `requested` with every None filled from `entry` (and left None
+        where `entry` is None).
+
+    Raises:
+        ValueError: A requested value conflicts with the checkpoint's; the
+            message names both.
+    """
+    if entry is None:
+        return dict(requested)
+    resolved = dict(requested)
+    for key, needed in entry.model_kwargs.items():
+        value = requested.get(key)
+        if value is None:
+            resolved[key] = needed
+        elif value != needed:
+            raise ValueError(
+                f"weights={entry.name!r} need {key}={needed!r}. Received: "
+                f"{key}={value!r}; leave it unset to take the weights' "
+                "value."
+            )
+    return resolved
+
+
+def resolve_weights(weights, scale, groups, *, include_top, classes, **options):
+    """Where `ShuffleNet(weights=...)` loads from, and what the weights need.
+
+    Args:
+        weights: None, a path to a `.weights.h5` or `.keras` file, or a
+            registered name.
+        scale: The requested width multiplier.
+        groups: The requested groups.
+        include_top: Whether the classifier is built.
+        classes: The requested classes.
+        **options: The caller's `shuffle_order` and
+            `include_preprocessing`, None where not given.
+
+    Returns:
+        `(path or None, options)`, the options filled from the registered
+        weights where the caller left them None (see `model_kwargs`).
+
+    Raises:
+        ValueError: The weights are for another variant or classifier, or
+            an option conflicts with them.
+        FileNotFoundError: Registered weights not converted yet.
+    """
+    weights = check_weights(weights)
+    if weights is None or weights.endswith((".h5", ".keras")):
+        return weights, model_kwargs(None, **options)
+    entry = get(weights)
+    if (float(scale), groups) != (entry.scale, entry.groups):
+        raise ValueError(
+            f"weights={weights!r} are for scale={entry.scale}, "
+            f"groups={entry.groups}. Received: scale={scale}, "
+            f"groups={groups}"
+        )
+    if include_top and classes != 1000:
+        raise ValueError(
+            f"weights={weights!r} have a 1000-class classifier; use "
+            "include_top=False for other classes. Received: "
+            f"classes={classes}"
+        )
+    options = model_kwargs(entry, **options)
+    return local_path(entry), options

@@ -8,60 +8,38 @@ Reference:
 
 import functools
 import math
-import os
 import warnings
 
 import keras
 from keras import layers
 
-from keras_shufflenet.models.layers import GROUP_CONV_IMPLEMENTATIONS
-from keras_shufflenet.models.layers import SHUFFLE_ORDERS
+from keras_shufflenet.models.checks import check_arguments
+from keras_shufflenet.models.checks import check_input_shape
+from keras_shufflenet.models.checks import check_scale_groups
 from keras_shufflenet.models.layers import ChannelShuffle
 from keras_shufflenet.models.layers import PointwiseGroupConv2D
 from keras_shufflenet.models.loading import load_weights
-from keras_shufflenet.models.pretrained import get
-from keras_shufflenet.models.pretrained import local_path
+from keras_shufflenet.models.naming import variant_name
+from keras_shufflenet.models.pretrained import resolve_weights
 
 # Table 1: output channels of stages 2, 3 and 4 of "ShuffleNet 1x" for each
 # number of groups g. Every stage doubles the previous one.
 STAGE2_WIDTHS = {1: 144, 2: 200, 3: 240, 4: 272, 8: 384}
-
-
 STEM_WIDTH = 24
-
-
 # Table 1: units per stage; the first unit of each stage has stride 2.
 STAGE_REPEATS = (4, 8, 4)
-
-
 # Table 5, "0.5x shallow": half the units of stages 2 to 4 (26 layers).
 SHALLOW_STAGE_REPEATS = (2, 4, 2)
-
-
 # Section 3.3: bottleneck channels are 1/4 of a unit's output channels.
 BOTTLENECK_RATIO = 4
-
-
 # Table 5, "with SE": squeeze-and-excitation (Hu et al.) with reduction 16.
 SE_REDUCTION = 16
-
-
 # The official release's BatchNorm2d defaults (eps 1e-5, momentum 0.1).
 BN_EPSILON = 1e-5
-
-
 BN_MOMENTUM = 0.9
-
-
-MIN_INPUT_SIZE = 32
-
-
 # ImageNet statistics, in [0, 1] RGB, applied inside the graph.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
-
-
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 # The widths [conv1, stage2, stage3, stage4] of the official release
 # (megvii-model/ShuffleNet-Series, ShuffleNetV1). `shufflenet_widths`
@@ -110,7 +88,7 @@ def shufflenet_widths(scale, groups):
     Returns:
         A tuple of four ints.
     """
-    _validate_scale_groups(scale, groups)
+    check_scale_groups(scale, groups)
     stage2 = max(
         2 * groups, round_to_multiple(STAGE2_WIDTHS[groups] * scale, groups)
     )
@@ -134,22 +112,6 @@ def bottleneck_width(out_channels, groups, multiple=1):
     )
 
 
-def _validate_scale_groups(scale, groups):
-    if isinstance(groups, bool) or groups not in STAGE2_WIDTHS:
-        raise ValueError(
-            f"`groups` must be one of {sorted(STAGE2_WIDTHS)} (Table 1). "
-            f"Received: groups={groups!r}"
-        )
-    if (
-        isinstance(scale, bool)
-        or not isinstance(scale, (int, float))
-        or not math.isfinite(scale)
-        or scale <= 0
-    ):
-        raise ValueError(
-            "`scale` must be a positive number, such as 0.25, 0.5, 1.0, 1.5 "
-            f"or 2.0. Received: scale={scale!r}"
-        )
 
 
 def _channel_axis():
@@ -337,57 +299,8 @@ def stage_output_layer_names(model):
     return names
 
 
-def _check_input_shape(input_shape, input_tensor, include_preprocessing):
-    channels_last = keras.config.image_data_format() == "channels_last"
-    if input_tensor is not None and input_shape is None:
-        input_shape = tuple(input_tensor.shape[1:])
-    if input_shape is None:
-        return (224, 224, 3) if channels_last else (3, 224, 224)
-    try:
-        input_shape = tuple(None if d is None else int(d) for d in input_shape)
-    except (TypeError, ValueError):
-        raise ValueError(
-            "`input_shape` must be a tuple of 3 ints or None, such as "
-            f"(224, 224, 3). Received: input_shape={input_shape!r}"
-        ) from None
-    if len(input_shape) != 3:
-        raise ValueError(
-            "`input_shape` must have 3 entries (height, width, channels), "
-            f"without the batch size. Received: input_shape={input_shape}"
-        )
-    spatial = input_shape[:2] if channels_last else input_shape[1:]
-    channels = input_shape[2] if channels_last else input_shape[0]
-    for size in spatial:
-        if size is not None and size < MIN_INPUT_SIZE:
-            raise ValueError(
-                f"Height and width in `input_shape` must be at least "
-                f"{MIN_INPUT_SIZE} (the network downsamples by 32) or None. "
-                f"Received: input_shape={input_shape}"
-            )
-    if channels is None or channels < 1:
-        raise ValueError(
-            "The channel count in `input_shape` must be a positive int. "
-            f"Received: input_shape={input_shape}"
-        )
-    if include_preprocessing and channels != 3:
-        raise ValueError(
-            "`include_preprocessing=True` normalises RGB images, so "
-            f"`input_shape` needs 3 channels. Received: input_shape="
-            f"{input_shape}. Pass include_preprocessing=False for other "
-            "inputs."
-        )
-    return input_shape
 
 
-def _check_weights(weights):
-    if weights is None:
-        return None
-    if not isinstance(weights, (str, os.PathLike)):
-        raise ValueError(
-            "`weights` must be None, a path to a .weights.h5 or .keras file, "
-            f"or a registered weights name. Received: weights={weights!r}"
-        )
-    return os.fspath(weights)
 
 
 def preprocess_input(x):
@@ -423,6 +336,52 @@ def _preprocessing_layer():
     )
 
 
+def _image_input(input_tensor, input_shape):
+    if input_tensor is None:
+        return layers.Input(shape=input_shape, name="image")
+    if keras.backend.is_keras_tensor(input_tensor):
+        return input_tensor
+    return layers.Input(tensor=input_tensor, shape=input_shape)
+
+
+def _stem(x, width):
+    """Table 1's Conv1 (3x3/2, BN, ReLU) and MaxPool (3x3/2)."""
+    x = _pad(x, "conv1_pad")
+    x = layers.Conv2D(
+        width, 3, strides=2, use_bias=False, kernel_initializer="he_normal",
+        name="conv1",
+    )(x)
+    x = _batch_norm(x, "conv1_bn")
+    x = layers.ReLU(name="conv1_relu")(x)
+    # After the ReLU, zero padding acts as PyTorch's -inf padding.
+    x = _pad(x, "pool1_pad")
+    return layers.MaxPooling2D(3, 2, name="pool1")(x)
+
+
+def _head(x, include_top, pooling, classes, classifier_activation):
+    """Table 1's GlobalPool and FC, or the feature pooling without them."""
+    # Under mixed precision the outputs are still float32.
+    float32_out = keras.config.dtype_policy().compute_dtype != "float32"
+    if include_top:
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        # No bias, as in the official release (and its parameter counts).
+        x = layers.Dense(classes, use_bias=False, name="predictions")(x)
+        if classifier_activation is not None or float32_out:
+            x = layers.Activation(
+                classifier_activation or "linear",
+                dtype="float32",
+                name="predictions_activation",
+            )(x)
+        return x
+    if pooling == "avg":
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+    if float32_out:
+        x = layers.Activation("linear", dtype="float32", name="output")(x)
+    return x
+
+
 def ShuffleNet(
     scale=1.0,
     groups=3,
@@ -430,11 +389,11 @@ def ShuffleNet(
     *,
     shallow=False,
     shuffle=True,
-    shuffle_order="paper",
+    shuffle_order=None,
     group_conv_implementation="split",
     bottleneck_multiple=1,
     include_top=True,
-    include_preprocessing=True,
+    include_preprocessing=None,
     weights=None,
     input_tensor=None,
     input_shape=None,
@@ -469,7 +428,8 @@ def ShuffleNet(
             Defaults to True.
         shuffle_order: `"paper"` or `"official"`, the official release's
             inverse permutation, which its weights need. Defaults to
-            `"paper"`.
+            `"paper"`, or to what registered `weights` need (a conflicting
+            value is refused).
         group_conv_implementation: Lowering of the pointwise group convs:
             `"split"`, `"grouped"` or `"dense"` (see `PointwiseGroupConv2D`).
             Defaults to `"split"`, the fastest to train on CPU and GPU.
@@ -480,10 +440,12 @@ def ShuffleNet(
         include_top: Whether to include the classifier. Defaults to True.
         include_preprocessing: Whether the model normalises its input
             itself, so that it takes RGB pixel values in [0, 255] (a TFLite
-            model then takes camera frames directly). Defaults to True.
+            model then takes camera frames directly). Defaults to True, or
+            to what registered `weights` need (a conflicting value is
+            refused).
         weights: None (random initialisation), a path to a `.weights.h5` or
             `.keras` file, or the name of a registered pretrained set (see
-            `keras_shufflenet.pretrained`). Defaults to None.
+            `keras_shufflenet.models.pretrained`). Defaults to None.
         input_tensor: Optional Keras tensor to use as the image input.
         input_shape: Optional `(height, width, 3)` tuple; height and width
             are at least 32 or None. Defaults to (224, 224, 3).
@@ -493,109 +455,39 @@ def ShuffleNet(
             1000.
         classifier_activation: Activation of the classifier, a string or
             callable; None returns logits. Defaults to `"softmax"`.
-        name: Model name. Defaults to e.g. `"shufflenet_1.00x_g3"`.
+        name: Model name. Defaults to `variant_name(...)`, e.g.
+            `"shufflenet_1.0x_g3"`.
 
     Returns:
         A functional `keras.Model`. Its outputs are float32 under mixed
         precision policies too.
     """
-    weights = _check_weights(weights)
-    spec = None
-    if weights is not None and not weights.endswith((".h5", ".keras")):
-
-        spec = get(weights)
-        if (float(scale), groups) != (spec.scale, spec.groups):
-            raise ValueError(
-                f"weights={weights!r} are for scale={spec.scale}, "
-                f"groups={spec.groups}. Received: scale={scale}, "
-                f"groups={groups}"
-            )
-        shuffle_order = spec.model_kwargs.get("shuffle_order", shuffle_order)
-        include_preprocessing = spec.model_kwargs.get(
-            "include_preprocessing", include_preprocessing
-        )
-        if include_top and classes != 1000:
-            raise ValueError(
-                f"weights={weights!r} have a 1000-class classifier; use "
-                f"include_top=False for other classes. Received: "
-                f"classes={classes}"
-            )
-
+    weights, options = resolve_weights(
+        weights, scale, groups, include_top=include_top, classes=classes,
+        shuffle_order=shuffle_order,
+        include_preprocessing=include_preprocessing,
+    )
+    shuffle_order = options["shuffle_order"] or "paper"
+    include_preprocessing = options["include_preprocessing"] is not False
+    check_arguments(
+        se=se, shuffle=shuffle, shuffle_order=shuffle_order,
+        group_conv_implementation=group_conv_implementation,
+        bottleneck_multiple=bottleneck_multiple, include_top=include_top,
+        include_preprocessing=include_preprocessing, pooling=pooling,
+        classes=classes, classifier_activation=classifier_activation,
+    )
+    input_shape = check_input_shape(
+        input_shape, input_tensor, include_preprocessing
+    )
     # Halving the units halves the stages' FLOPs; widening by sqrt(2)
     # restores them, as Table 5 compares "0.5x shallow" at ~40 MFLOPs.
     widths = shufflenet_widths(scale * (math.sqrt(2) if shallow else 1), groups)
-    if not isinstance(se, bool):
-        raise ValueError(f"`se` must be a bool. Received: se={se!r}")
-    if shuffle_order not in SHUFFLE_ORDERS:
-        raise ValueError(
-            f"`shuffle_order` must be one of {SHUFFLE_ORDERS}. "
-            f"Received: shuffle_order={shuffle_order!r}"
-        )
-    if group_conv_implementation not in GROUP_CONV_IMPLEMENTATIONS:
-        raise ValueError(
-            "`group_conv_implementation` must be one of "
-            f"{GROUP_CONV_IMPLEMENTATIONS}. Received: "
-            f"group_conv_implementation={group_conv_implementation!r}"
-        )
-    if (
-        isinstance(bottleneck_multiple, bool)
-        or not isinstance(bottleneck_multiple, int)
-        or bottleneck_multiple < 1
-    ):
-        raise ValueError(
-            "`bottleneck_multiple` must be a positive int. Received: "
-            f"bottleneck_multiple={bottleneck_multiple!r}"
-        )
-    if pooling not in (None, "avg", "max"):
-        raise ValueError(
-            "`pooling` must be None, 'avg' or 'max'. "
-            f"Received: pooling={pooling!r}"
-        )
-    if include_top and (
-        isinstance(classes, bool) or not isinstance(classes, int)
-        or classes < 1
-    ):
-        raise ValueError(
-            "`classes` must be a positive int when include_top=True. "
-            f"Received: classes={classes!r}"
-        )
-    if include_top:
-        try:
-            keras.activations.get(classifier_activation)
-        except (ValueError, TypeError):
-            raise ValueError(
-                "`classifier_activation` must be None, a Keras activation "
-                "name or a callable. Received: "
-                f"classifier_activation={classifier_activation!r}"
-            ) from None
-    input_shape = _check_input_shape(
-        input_shape, input_tensor, include_preprocessing
-    )
     _warn_if_channels_first_cannot_run()
 
-    if input_tensor is None:
-        img_input = layers.Input(shape=input_shape, name="image")
-    elif keras.backend.is_keras_tensor(input_tensor):
-        img_input = input_tensor
-    else:
-        img_input = layers.Input(tensor=input_tensor, shape=input_shape)
-
-    x = img_input
-    if include_preprocessing:
-        x = _preprocessing_layer()(x)
-
+    image = _image_input(input_tensor, input_shape)
+    x = _preprocessing_layer()(image) if include_preprocessing else image
     stem, *stage_widths = widths
-    x = _pad(x, "conv1_pad")
-    x = layers.Conv2D(
-        stem, 3, strides=2, use_bias=False, kernel_initializer="he_normal",
-        name="conv1",
-    )(x)
-    x = _batch_norm(x, "conv1_bn")
-    x = layers.ReLU(name="conv1_relu")(x)
-    # After the ReLU, zero padding acts as PyTorch's -inf padding.
-    x = _pad(x, "pool1_pad")
-    x = layers.MaxPooling2D(3, 2, name="pool1")(x)
-
+    x = _stem(x, stem)
     repeats = SHALLOW_STAGE_REPEATS if shallow else STAGE_REPEATS
     for stage, (width, units) in enumerate(zip(stage_widths, repeats), 2):
         for unit in range(1, units + 1):
@@ -612,40 +504,14 @@ def ShuffleNet(
                 bottleneck_multiple=bottleneck_multiple,
                 name=f"stage{stage}_unit{unit}",
             )
-
-    float32_out = keras.config.dtype_policy().compute_dtype != "float32"
-    if include_top:
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        # No bias, as in the official release (and its parameter counts).
-        x = layers.Dense(classes, use_bias=False, name="predictions")(x)
-        if classifier_activation is not None or float32_out:
-            x = layers.Activation(
-                classifier_activation or "linear",
-                dtype="float32",
-                name="predictions_activation",
-            )(x)
-    else:
-        if pooling == "avg":
-            x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        elif pooling == "max":
-            x = layers.GlobalMaxPooling2D(name="max_pool")(x)
-        if float32_out:
-            x = layers.Activation("linear", dtype="float32", name="output")(x)
+    x = _head(x, include_top, pooling, classes, classifier_activation)
 
     if input_tensor is not None:
-        inputs = keras.utils.get_source_inputs(input_tensor)
-    else:
-        inputs = img_input
-    if name is None:
-        name = f"shufflenet_{scale:.2f}x_g{groups}"
-        name += "_shallow" * shallow + "_se" * se + "_noshuffle" * (
-            not shuffle
-        )
-    model = keras.Model(inputs, x, name=name)
-
-    if spec is not None:
-
-        weights = local_path(spec)
+        image = keras.utils.get_source_inputs(input_tensor)
+    name = name or variant_name(
+        scale, groups, shallow=shallow, se=se, shuffle=shuffle
+    )
+    model = keras.Model(image, x, name=name)
     if weights is not None:
         load_weights(model, weights)
     return model

@@ -4,6 +4,9 @@ the training loop with checkpointing and logging, evaluation with BN
 re-estimation, and the fast training graph. Imports `models` and `data`.
 """
 
+from keras_shufflenet.training.checkpointing import Checkpoints
+from keras_shufflenet.training.checkpointing import export_model
+from keras_shufflenet.training.checkpointing import write_export
 from keras_shufflenet.training.config import CONFIG_FILE
 from keras_shufflenet.training.config import HISTORY_FILE
 from keras_shufflenet.training.config import IMAGENET_EVAL_EXAMPLES
@@ -50,6 +53,8 @@ from keras_shufflenet.training.fused_layers import FastBatchNormalization
 from keras_shufflenet.training.fused_layers import FusedBranchTail
 from keras_shufflenet.training.fused_layers import FusedShuffleUnit
 from keras_shufflenet.training.fused_layers import GroupwisePointwiseConv
+from keras_shufflenet.training.monitoring import EpochProgress
+from keras_shufflenet.training.monitoring import RunLog
 from keras_shufflenet.training.monitoring import plot_history
 from keras_shufflenet.training.monitoring import summary_scalar
 from keras_shufflenet.training.optimization import LinearDecay
@@ -58,10 +63,10 @@ from keras_shufflenet.training.optimization import apply_gradients
 from keras_shufflenet.training.optimization import scaled_learning_rate
 from keras_shufflenet.training.optimization import weight_decay_loss
 from keras_shufflenet.training.optimization import weight_decay_variables
+from keras_shufflenet.training.step import TrainStep
 from keras_shufflenet.training.throughput import PEERS
 from keras_shufflenet.training.throughput import build
 from keras_shufflenet.training.throughput import training_throughput
 from keras_shufflenet.training.trainer import Trainer
 from keras_shufflenet.training.trainer import TrainResult
-from keras_shufflenet.training.trainer import export_model
 from keras_shufflenet.training.trainer import train

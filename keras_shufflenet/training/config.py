@@ -16,32 +16,16 @@ from keras_shufflenet.utils.checks import check_choice
 from keras_shufflenet.utils.files import write_atomic
 
 STRATEGIES = ("one_device", "cpu", "mirrored", "multi_worker", "tpu")
-
-
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
-
-
 # Section 4: "batch size is set to 1024" with a learning rate of 0.5.
 PAPER_BATCH_SIZE = 1024
-
-
 PAPER_LEARNING_RATE = 0.5
-
-
 # Section 4: 3e5 iterations of 1024 images are 239.8 epochs of ImageNet's
 # 1,281,167 training images; 240 epochs give 300,240 steps at batch 1024.
 PAPER_EPOCHS = 240.0
-
-
 IMAGENET_TRAIN_EXAMPLES = 1_281_167
-
-
 IMAGENET_EVAL_EXAMPLES = 50_000
-
-
 CONFIG_FILE = "config.json"
-
-
 HISTORY_FILE = "history.json"
 
 
@@ -281,9 +265,22 @@ def resolve_config(config):
     Returns:
         A new `ExperimentConfig` whose `data.model_scale` is `model.scale`
         and whose `data.seed` is `train.seed` unless set.
+
+    Raises:
+        ValueError: `data.model_scale` is set and differs from
+            `model.scale`.
     """
     config = config_from_dict(config_to_dict(config))
-    config.data.model_scale = float(config.model.scale)
+    scale = float(config.model.scale)
+    if config.data.model_scale is None:
+        config.data.model_scale = scale
+    elif float(config.data.model_scale) != scale:
+        raise ValueError(
+            "`data.model_scale` chooses the crop augmentation for the "
+            f"trained model's scale, {scale}; leave it unset. Received: "
+            f"data.model_scale={config.data.model_scale}, "
+            f"model.scale={config.model.scale}"
+        )
     if config.data.seed is None:
         config.data.seed = config.train.seed
     config.validate()

@@ -11,6 +11,7 @@ import keras
 import tensorflow as tf
 
 from keras_shufflenet.data.pipeline import InputPipeline
+from keras_shufflenet.models.loading import load_model
 from keras_shufflenet.models.loading import load_weights
 from keras_shufflenet.training.config import resolve_config
 from keras_shufflenet.training.distribution import batch_norm_layers
@@ -275,24 +276,21 @@ def evaluate_model(model_path, config, strategy=None):
     pipeline = InputPipeline(config.data)
     size = config.data.image_size
     path = os.fspath(model_path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"`model_path` not found: {path!r}")
+    if not path.endswith((".keras", ".weights.h5")):
+        raise ValueError(
+            "`model_path` must end in .keras or .weights.h5. "
+            f"Received: model_path={path!r}"
+        )
     with strategy.scope():
         if path.endswith(".keras"):
-            model = keras.saving.load_model(path)
-        elif path.endswith(".weights.h5"):
+            model = load_model(path)
+        else:
             model = build_model(
                 dataclasses.replace(config.model, sync_batch_norm=False),
                 pipeline.num_classes,
                 size,
             )
-
             load_weights(model, path)
-        else:
-            raise ValueError(
-                "`model_path` must end in .keras or .weights.h5. "
-                f"Received: model_path={path!r}"
-            )
     height, width = model.input_shape[1:3]
     if (height, width) != (None, None) and (height, width) != (size, size):
         raise ValueError(

@@ -1,9 +1,12 @@
-"""What a run shows while it trains: TensorBoard scalars and the
-training-curve plot.
+"""What a run shows while it trains: progress on the chief's console,
+TensorBoard scalars, and the training-curve plot.
 """
 
 import io
+import os
 
+import keras
+import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
@@ -83,3 +86,85 @@ def plot_history(history, path, title=""):
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
     write_atomic(path, buffer.getvalue())
+
+
+class RunLog:
+    """The console lines and TensorBoard events of one run.
+
+    Only the chief prints and writes; other workers get a no-op writer.
+
+    Args:
+        model_dir: The run's directory; events go to its `tensorboard/`.
+        chief: Whether this worker is the chief.
+        verbose: Whether to print.
+    """
+
+    def __init__(self, model_dir, chief, verbose):
+        self.chief = chief
+        self.verbose = verbose and chief
+        self.tensorboard_dir = os.path.join(model_dir, "tensorboard")
+
+    def say(self, text):
+        """Prints one line of progress (chief, verbose only)."""
+        if self.verbose:
+            print(text, flush=True)
+
+    def writer(self):
+        """The summary writer to make default while training."""
+        if self.chief:
+            return tf.summary.create_file_writer(self.tensorboard_dir)
+        return tf.summary.create_noop_writer()
+
+
+class EpochProgress:
+    """A progress bar per epoch, and the training loss and top-1 averaged
+    between two logging points (written as TensorBoard scalars).
+
+    Args:
+        steps_per_epoch: Steps in one epoch.
+        total_steps: Steps of the run.
+        verbose: Whether to show the progress bar.
+    """
+
+    def __init__(self, steps_per_epoch, total_steps, verbose):
+        self.steps_per_epoch = steps_per_epoch
+        self.total_steps = total_steps
+        self.verbose = verbose
+        self._bar = None
+        self._window = np.zeros(3)
+        self.window_loss = self.window_top1 = None
+
+    def update(self, step, totals, lr):
+        """Adds `[summed loss, correct, examples]` of the steps up to `step`."""
+        epoch = (step - 1) // self.steps_per_epoch
+        if self._bar is None and self.verbose:
+            epochs = -(-self.total_steps // self.steps_per_epoch)
+            print(f"Epoch {epoch + 1}/{epochs}", flush=True)
+            target = min(
+                self.steps_per_epoch,
+                self.total_steps - epoch * self.steps_per_epoch,
+            )
+            self._bar = keras.utils.Progbar(target, stateful_metrics=["lr"])
+        self._window += totals
+        if self._bar is not None:
+            self._bar.update(
+                step - epoch * self.steps_per_epoch,
+                [
+                    ("loss", totals[0] / max(totals[2], 1.0)),
+                    ("top1", totals[1] / totals[2]),
+                    ("lr", lr),
+                ],
+            )
+
+    def log(self, step, lr):
+        """Writes the window's averages as scalars and starts a new one."""
+        loss, top1 = self._window[:2] / self._window[2]
+        summary_scalar("train/loss", loss, step)
+        summary_scalar("train/top1", top1, step)
+        summary_scalar("train/learning_rate", lr, step)
+        self.window_loss, self.window_top1 = loss, top1
+        self._window[:] = 0
+
+    def end_epoch(self):
+        """Closes the epoch's progress bar."""
+        self._bar = None

@@ -4,6 +4,7 @@ timing statistics. Imports nothing else of this package.
 
 from keras_shufflenet.utils.checks import check_choice
 from keras_shufflenet.utils.cli import exit_on_errors
+from keras_shufflenet.utils.files import atomic_path
 from keras_shufflenet.utils.files import write_atomic
 from keras_shufflenet.utils.timing import interleaved_schedule
 from keras_shufflenet.utils.timing import timing_stats

@@ -2,7 +2,10 @@
 reports, models, tables), on local disks and on GCS alike.
 """
 
+import contextlib
 import os
+import shutil
+import tempfile
 
 import tensorflow as tf
 
@@ -32,3 +35,29 @@ def write_atomic(path, content):
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary local path that replaces `path` on success.
+
+    Remote paths (`gs://...`) are yielded as they are: Keras and TF write
+    there directly, and object stores publish each object atomically.
+    """
+    if "://" in path:
+        yield path
+        return
+    parent = os.path.dirname(os.path.abspath(path))
+    tmp_dir = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+    tmp = os.path.join(tmp_dir, os.path.basename(path))
+    try:
+        yield tmp
+        if os.path.isdir(path) and not os.path.islink(path):
+            old = tmp + ".old"
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -19,18 +19,13 @@ from keras_shufflenet.models.shufflenet import OFFICIAL_WIDTHS
 from keras_shufflenet.models.shufflenet import STAGE_REPEATS
 from keras_shufflenet.models.shufflenet import ShuffleNet
 from keras_shufflenet.models.shufflenet import shufflenet_widths
+from keras_shufflenet.utils.files import atomic_path
 
 # PyTorch OIHW -> Keras HWIO; grouped 1x1 (O, I/g, 1, 1) -> (1, 1, I/g, O).
 CONV_AXES = (2, 3, 1, 0)
-
-
 # PyTorch depthwise (C, 1, kh, kw) -> Keras DepthwiseConv2D (kh, kw, C, 1).
 DEPTHWISE_AXES = (2, 3, 0, 1)
-
-
 DENSE_AXES = (1, 0)
-
-
 BN_TENSORS = (
     ("weight", "gamma"),
     ("bias", "beta"),
@@ -41,14 +36,8 @@ BN_TENSORS = (
 
 # BatchNorm2d's step counter: training state, no part of the function.
 IGNORED_SUFFIX = ".num_batches_tracked"
-
-
 DATA_PARALLEL_PREFIX = "module."
-
-
 CLASSIFIER = "classifier.0.weight"
-
-
 # `ShuffleNet` arguments that `from_official_checkpoint` passes through.
 PASSTHROUGH_KWARGS = (
     "include_top",
@@ -469,19 +458,6 @@ def from_official_checkpoint(path, scale, groups, **shufflenet_kwargs):
     return model
 
 
-def _atomic_save(save, path):
-    directory, base = os.path.split(path)
-    suffix = ".weights.h5" if base.endswith(".weights.h5") else ".keras"
-    stem = base[: -len(suffix)]
-    temporary = os.path.join(directory, f".{stem}.tmp{os.getpid()}{suffix}")
-    try:
-        save(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
 def convert_official_checkpoint(path, scale, groups, output_dir=None):
     """Converts an official checkpoint to `.keras` and `.weights.h5` files.
 
@@ -512,8 +488,10 @@ def convert_official_checkpoint(path, scale, groups, output_dir=None):
     os.makedirs(output_dir, exist_ok=True)
     keras_path = os.path.join(output_dir, f"{name}.keras")
     weights_path = os.path.join(output_dir, f"{name}.weights.h5")
-    _atomic_save(model.save, keras_path)
-    _atomic_save(model.save_weights, weights_path)
+    with atomic_path(keras_path) as tmp:
+        model.save(tmp)
+    with atomic_path(weights_path) as tmp:
+        model.save_weights(tmp)
     return {
         "sha256": digest,
         "registry_sha256": entry.sha256 if entry else None,

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import flags
 
 from keras_shufflenet import data
 from keras_shufflenet.data import preprocessing
@@ -525,3 +526,27 @@ def test_skip_bad_images_false_fails_loudly_on_a_corrupt_file(tmp_path):
     config.skip_bad_images = True
     images, _, _ = _collect_eval(data.InputPipeline(config).dataset(False, 2))
     assert len(images) == 2
+
+
+def _source_flags(argv):
+    values = flags.FlagValues()
+    data.define_input_flags("Where the images are.", flag_values=values)
+    values(["program", *argv])
+    return values
+
+
+def test_source_flags_are_spelled_like_the_config_flags():
+    values = _source_flags(["--data.source=folder", "--data.eval_path=val"])
+    config = data.input_config_from_flags(64, flag_values=values)
+    assert (config.source, config.eval_path, config.image_size) == (
+        "folder", "val", 64
+    )
+
+
+def test_old_source_flag_spelling_is_read_and_a_conflict_refused():
+    values = _source_flags(["--data_source=digits", "--train_path=t"])
+    config = data.input_config_from_flags(32, flag_values=values)
+    assert (config.source, config.train_path) == ("digits", "t")
+    values = _source_flags(["--data_source=digits", "--data.source=folder"])
+    with pytest.raises(ValueError, match="--data_source is the old spelling"):
+        data.input_config_from_flags(32, flag_values=values)

@@ -13,6 +13,8 @@ import pytest
 import tensorflow as tf
 
 import keras_shufflenet as ks
+from keras_shufflenet.models import naming
+from keras_shufflenet.models import pretrained
 from keras_shufflenet.models import shufflenet as sn
 
 RNG = np.random.default_rng(0)
@@ -73,7 +75,7 @@ def test_pooling_gives_feature_vectors(pooling):
 
 def test_default_is_the_imagenet_classifier_at_224():
     model = ks.ShuffleNet()
-    assert model.name == "shufflenet_1.00x_g3"
+    assert model.name == "shufflenet_1.0x_g3"
     assert model.input_shape == (None, 224, 224, 3)
     assert model.output_shape == (None, 1000)
 
@@ -523,3 +525,81 @@ def test_fit_under_mixed_precision(policy):
     assert model.get_layer("stage2_unit2_gconv1").compute_dtype == \
         policy.split("_")[1]
     assert model.get_layer("stage2_unit2_gconv1").kernel.dtype == "float32"
+
+
+def test_every_name_is_spelled_by_variant_name():
+    assert ks.ShuffleNet(0.25, 8, se=True, shuffle=False,
+                         input_shape=(32, 32, 3)).name == (
+        "shufflenet_0.25x_g8_se_noshuffle"
+    )
+    assert naming.variant_name(0.5, 3, shallow=True) == (
+        "shufflenet_0.5x_g3_shallow"
+    )
+    assert pretrained.official_name(1.0, 3) == "official_imagenet_1.0x_g3"
+    parsed = naming.parse_variant_name("shufflenet_0.5x_g8_shallow_split")
+    assert parsed == {
+        "scale": 0.5, "groups": 8, "shallow": True, "se": False,
+        "shuffle": True, "suffix": "split",
+    }
+    with pytest.raises(ValueError, match="spelled 'shufflenet_<scale>x_g"):
+        naming.parse_variant_name("resnet50")
+
+
+def test_an_old_spelling_is_read_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match="'shufflenet_1.0x_g3'"):
+        parsed = naming.parse_variant_name("shufflenet_1.00x_g3")
+    assert (parsed["scale"], parsed["groups"]) == (1.0, 3)
+    with pytest.warns(DeprecationWarning, match="official_imagenet_0.5x_g8"):
+        entry = pretrained.get("official_imagenet_0.50x_g8")
+    assert entry.name == "official_imagenet_0.5x_g8"
+
+
+def test_weights_options_fill_unset_arguments_and_refuse_conflicts():
+    entry = pretrained.get("official_imagenet_1.0x_g3")
+    assert pretrained.model_kwargs(
+        entry, shuffle_order=None, include_preprocessing=None
+    ) == {"shuffle_order": "official", "include_preprocessing": False}
+    with pytest.raises(
+        ValueError, match=r"need shuffle_order='official'\. Received: "
+        r"shuffle_order='paper'"
+    ):
+        pretrained.model_kwargs(
+            entry, shuffle_order="paper", include_preprocessing=None
+        )
+    with pytest.raises(ValueError, match="include_preprocessing=True"):
+        ks.ShuffleNet(
+            1.0, 3, weights="official_imagenet_1.0x_g3",
+            include_preprocessing=True,
+        )
+
+
+# Exact count_params() of Table 1's five (1x, g = 1 to 8), the official
+# release's eight (0.5x to 2x, g = 3 and 8) and Table 5's shallow and SE
+# variants, as 0.1.0 built them: a refactor that adds, drops or reshapes a
+# single weight fails here.
+PARAMS = {
+    (1.0, 1, ""): 1545624,
+    (1.0, 2, ""): 1753248,
+    (1.0, 3, ""): 1889208,
+    (1.0, 4, ""): 1995088,
+    (1.0, 8, ""): 2472936,
+    (0.5, 3, ""): 729564,
+    (1.5, 3, ""): 3477888,
+    (2.0, 3, ""): 5498736,
+    (0.5, 8, ""): 1030032,
+    (1.5, 8, ""): 4327704,
+    (2.0, 8, ""): 6599568,
+    (0.5, 3, "shallow"): 901650,
+    (2.0, 3, "se"): 7958043,
+}
+
+
+@pytest.mark.parametrize(
+    "scale, groups, variant", sorted(PARAMS), ids=lambda v: str(v)
+)
+def test_parameter_count_is_pinned(scale, groups, variant):
+    model = ks.ShuffleNet(
+        scale, groups, shallow=variant == "shallow", se=variant == "se",
+        input_shape=(32, 32, 3),
+    )
+    assert model.count_params() == PARAMS[(scale, groups, variant)]

@@ -532,3 +532,19 @@ def test_evaluate_program_reports_top1_of_a_folder_dataset(cpu_run, tmp_path):
     assert metrics["top1"] == pytest.approx(expected)
     assert metrics["top1"] <= metrics["top5"]
     assert f"top-1 accuracy {expected:.2%}" in completed.stdout
+
+
+def test_data_model_scale_follows_the_model_and_a_conflict_is_refused(
+    tmp_path,
+):
+    config = training.resolve_config(tiny_config(tmp_path))
+    assert config.data.model_scale == 0.25
+    assert config.data.area_range == (
+        data.default_min_crop_area(0.25), 1.0
+    )
+    with pytest.raises(
+        ValueError, match=r"data.model_scale=0.5, model.scale=0.25"
+    ):
+        training.resolve_config(
+            tiny_config(tmp_path, **{"data.model_scale": 0.5})
+        )

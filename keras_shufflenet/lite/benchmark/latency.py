@@ -33,11 +33,7 @@ from keras_shufflenet.utils.timing import timing_stats
 from keras_shufflenet.version import __version__
 
 MODES = ("float32", "int8")
-
-
 DEFAULT_CALIBRATION_IMAGES = 8
-
-
 # Sources that define the converted graphs, so they key the cache. The
 # converter settings (lite/converter.py) do not: clear the cache after
 # changing them.

@@ -4,11 +4,12 @@ variants, their deployment options, and keras.applications peers.
 
 import dataclasses
 import os
-import re
 
 import keras
 
 from keras_shufflenet.lite.rewrite import REWRITES
+from keras_shufflenet.models.naming import parse_variant_name
+from keras_shufflenet.models.naming import variant_name
 from keras_shufflenet.models.shufflenet import ShuffleNet
 from keras_shufflenet.models.shufflenet import shufflenet_widths
 
@@ -75,7 +76,7 @@ def shufflenet_spec(scale, groups=3, deployment=None, suffix="", **kwargs):
         A `ModelSpec` named like `"shufflenet_1.0x_g3"`.
     """
     return ModelSpec(
-        name=f"shufflenet_{float(scale)}x_g{groups}{suffix}",
+        name=variant_name(scale, groups) + suffix,
         family="shufflenet",
         builder=_shufflenet_builder(scale, groups, **kwargs),
         kwargs=(("scale", scale), ("groups", groups))
@@ -181,7 +182,6 @@ def default_models():
     return list(SHUFFLENETS.values()) + list(PEERS.values())
 
 
-_SHUFFLENET_NAME = re.compile(r"shufflenet_(\d+(?:\.\d+)?)x_g(\d+)")
 
 
 def model_specs(names):
@@ -198,18 +198,26 @@ def model_specs(names):
     known = {**SHUFFLENETS, **PEERS}
     specs = []
     for name in names:
-        match = _SHUFFLENET_NAME.fullmatch(name)
         if name in known:
             specs.append(known[name])
-        elif match:
-            scale, groups = float(match[1]), int(match[2])
-            shufflenet_widths(scale, groups)  # Names a bad scale or groups.
-            specs.append(shufflenet_spec(scale, groups))
-        else:
+            continue
+        try:
+            variant = parse_variant_name(name, argument="models")
+        except ValueError:
             raise ValueError(
                 f"Unknown model {name!r}; expected one of {sorted(known)} "
                 "or shufflenet_<scale>x_g<groups>."
+            ) from None
+        if variant["suffix"] or not variant["shuffle"] or variant["se"] or (
+            variant["shallow"]
+        ):
+            raise ValueError(
+                f"Unknown model {name!r}: the benchmark names plain "
+                "variants, shufflenet_<scale>x_g<groups>."
             )
+        scale, groups = variant["scale"], variant["groups"]
+        shufflenet_widths(scale, groups)  # Names a bad scale or groups.
+        specs.append(shufflenet_spec(scale, groups))
     return specs
 
 

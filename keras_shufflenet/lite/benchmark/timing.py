@@ -11,14 +11,8 @@ from ai_edge_litert.interpreter import Interpreter
 from keras_shufflenet.utils.timing import interleaved_schedule
 
 TIMERS = ("wall", "cpu")
-
-
 DEFAULT_NUM_RUNS = 50
-
-
 DEFAULT_WARMUP = 5
-
-
 DEFAULT_LAYOUTS = 2
 
 

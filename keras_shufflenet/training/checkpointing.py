@@ -1,0 +1,153 @@
+"""What a run keeps in its `model_dir`: checkpoints numbered by the global
+step, the evaluation history, and the exported model, each written so that
+a run killed at any moment resumes from the last complete one.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+
+import keras
+import tensorflow as tf
+
+from keras_shufflenet.training.config import CONFIG_FILE
+from keras_shufflenet.training.config import HISTORY_FILE
+from keras_shufflenet.training.config import load_config
+from keras_shufflenet.training.distribution import build_model
+from keras_shufflenet.utils.files import atomic_path
+from keras_shufflenet.utils.files import write_atomic
+
+
+class Checkpoints:
+    """The checkpoints and the history of one run.
+
+    Every worker saves (saving is a collective under multi-worker
+    strategies); only the chief writes to `model_dir`, the others to a
+    private directory that `close` removes.
+
+    Args:
+        model_dir: The run's directory.
+        chief: Whether this worker writes `model_dir`.
+        max_to_keep: Checkpoints kept.
+        **objects: What a checkpoint holds (model, optimizer, ...).
+    """
+
+    def __init__(self, model_dir, chief, max_to_keep, **objects):
+        self.model_dir = model_dir
+        self.chief = chief
+        self.directory = os.path.join(model_dir, "checkpoints")
+        self.history_path = os.path.join(model_dir, HISTORY_FILE)
+        if chief:
+            self._manager_dir = self.directory
+        else:
+            self._manager_dir = tempfile.mkdtemp(
+                prefix="shufflenet_worker_ckpt_"
+            )
+        self.checkpoint = tf.train.Checkpoint(**objects)
+        self.manager = tf.train.CheckpointManager(
+            self.checkpoint, self._manager_dir, max_to_keep=max_to_keep
+        )
+
+    def latest(self):
+        """The newest checkpoint's path in `model_dir`, or None."""
+        return tf.train.latest_checkpoint(self.directory)
+
+    def restore(self):
+        """Restores the newest checkpoint, if any; returns its path."""
+        latest = self.latest()
+        if latest is not None:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        return latest
+
+    def history(self, up_to_step):
+        """The saved evaluation history, up to the restored step."""
+        if not tf.io.gfile.exists(self.history_path):
+            return []
+        with tf.io.gfile.GFile(self.history_path) as f:
+            return [h for h in json.load(f) if h["step"] <= up_to_step]
+
+    def save(self, step, history):
+        """Writes checkpoint `step` (all workers) and the history (chief)."""
+        path = self.manager.save(checkpoint_number=step)
+        if self.chief:
+            write_atomic(self.history_path, json.dumps(history, indent=1))
+        return path
+
+    def check_model(self, model_config):
+        """Refuses a `model_dir` whose checkpoints are of another model."""
+        path = os.path.join(self.model_dir, CONFIG_FILE)
+        if not tf.io.gfile.exists(path) or self.latest() is None:
+            return
+        saved = load_config(path)
+        # The group conv lowering and BN synchronisation keep the same
+        # weights, so a run may resume with another choice of either.
+        fields = ("scale", "groups", "se", "shallow", "shuffle")
+        before = {f: getattr(saved.model, f) for f in fields}
+        now = {f: getattr(model_config, f) for f in fields}
+        if before != now:
+            raise ValueError(
+                f"model_dir={self.model_dir!r} holds checkpoints of "
+                f"another model ({before}); this run is {now}. Use a new "
+                "`model_dir`."
+            )
+
+    def close(self):
+        """Removes a non-chief worker's private checkpoints."""
+        if not self.chief:
+            shutil.rmtree(self._manager_dir, ignore_errors=True)
+
+
+def write_export(model, model_config, num_classes, image_size, model_dir):
+    """Writes `<model_dir>/export/<name>.keras` and a SavedModel.
+
+    Args:
+        model: The trained model.
+        model_config: Its `ModelConfig`.
+        num_classes: Classifier width.
+        image_size: Input side.
+        model_dir: The run's directory.
+
+    Returns:
+        `(keras_path, saved_model_dir)`.
+    """
+    model = export_model(model, model_config, num_classes, image_size)
+    export_dir = os.path.join(model_dir, "export")
+    tf.io.gfile.makedirs(export_dir)
+    keras_path = os.path.join(export_dir, f"{model.name}.keras")
+    saved_model_path = os.path.join(export_dir, "saved_model")
+    with atomic_path(keras_path) as tmp:
+        model.save(tmp)
+    with atomic_path(saved_model_path) as tmp:
+        model.export(tmp, format="tf_saved_model", verbose=False)
+    return keras_path, saved_model_path
+
+
+def export_model(model, model_config, num_classes, image_size):
+    """Copies trained weights into a float32, softmax-output inference model.
+
+    The training model may use mixed precision, synchronized BN and a
+    logits output; the exported one is the plain `ShuffleNet`, as users
+    load it.
+
+    Args:
+        model: The trained model.
+        model_config: Its `ModelConfig`.
+        num_classes: Classifier width.
+        image_size: Input side.
+
+    Returns:
+        A new `keras.Model` built outside any distribution strategy.
+    """
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        plain = dataclasses.replace(model_config, sync_batch_norm=False)
+        export = build_model(plain, num_classes, image_size, logits=False)
+    finally:
+        keras.config.set_dtype_policy(policy)
+    for layer in export.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return export

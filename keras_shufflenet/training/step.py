@@ -1,0 +1,118 @@
+"""The training step: softmax cross-entropy with label smoothing and weight
+decay, SGD, for every `tf.distribute` strategy, run `num_steps` at a time
+inside one `tf.function`.
+
+Reference:
+    Zhang et al., "ShuffleNet", section 4 (training settings).
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from keras_shufflenet.training.distribution import batch_norm_layers
+from keras_shufflenet.training.evaluation import sum_over_steps
+from keras_shufflenet.training.optimization import apply_gradients
+from keras_shufflenet.training.optimization import weight_decay_loss
+
+
+class TrainStep:
+    """Runs training steps and keeps the replicas' BN statistics in sync.
+
+    Args:
+        strategy: The `tf.distribute.Strategy` the variables live in.
+        model: The model whose variables train (weight decay, BN).
+        train_model: The graph that computes the logits: `model` or its
+            fast training graph (`training_model(model)`), same variables.
+        optimizer: A built Keras optimizer (or `LossScaleOptimizer`).
+        num_classes: Classifier width.
+        global_batch: Images per step over all replicas.
+        label_smoothing: Label smoothing of the cross-entropy.
+        weight_decay: L2 coefficient on the kernels
+            (`optimization.weight_decay_loss`).
+    """
+
+    def __init__(
+        self, strategy, model, train_model, optimizer, *, num_classes,
+        global_batch, label_smoothing, weight_decay,
+    ):
+        self.strategy = strategy
+        self.model = model
+        self.train_model = train_model
+        self.optimizer = optimizer
+        self.num_classes = num_classes
+        self.global_batch = global_batch
+        self.label_smoothing = label_smoothing
+        self.weight_decay = weight_decay
+        self._moving_stats = [
+            v
+            for layer in batch_norm_layers(model)
+            for v in (layer.moving_mean, layer.moving_variance)
+        ]
+        self._run = tf.function(self._steps)
+        self._sync = tf.function(self._sync_moving_statistics)
+
+    def __call__(self, iterator, num_steps):
+        """Runs `num_steps` steps.
+
+        Returns:
+            A numpy array `[summed loss, correct top-1, examples]` over the
+            steps, for the global batch.
+        """
+        return self._run(iterator, tf.constant(num_steps)).numpy()
+
+    def _steps(self, iterator, num_steps):
+        return sum_over_steps(
+            self.strategy, self._step, iterator, num_steps, size=3
+        )
+
+    def _step(self, images, labels):
+        replicas = self.strategy.num_replicas_in_sync
+        smoothing = self.label_smoothing
+        with tf.GradientTape() as tape:
+            logits = tf.cast(
+                self.train_model(tf.cast(images, tf.float32), training=True),
+                tf.float32,
+            )
+            targets = tf.one_hot(labels, self.num_classes)
+            targets = targets * (1.0 - smoothing) + smoothing / (
+                self.num_classes
+            )
+            per_example = tf.nn.softmax_cross_entropy_with_logits(
+                labels=targets, logits=logits
+            )
+            # Gradients are summed over replicas: divide by the global
+            # batch, and the weight penalty by the number of replicas.
+            loss = tf.reduce_sum(per_example) / self.global_batch
+            loss += weight_decay_loss(self.model, self.weight_decay) / replicas
+            scaled = self.optimizer.scale_loss(loss)
+        variables = self.model.trainable_variables
+        grads = tape.gradient(scaled, variables)
+        apply_gradients(self.optimizer, grads, variables)
+        predictions = tf.argmax(logits, axis=1, output_type=tf.int32)
+        correct = tf.reduce_sum(
+            tf.cast(tf.equal(predictions, labels), tf.float32)
+        )
+        count = tf.cast(tf.shape(labels)[0], tf.float32)
+        return tf.stack([tf.reduce_sum(per_example), correct, count])
+
+    def _sync_moving_statistics(self):
+        # Keras' BN statistics are mirrored variables with no aggregation:
+        # each replica updates its own copy. Average the copies so that
+        # evaluation, checkpoints and every worker agree. One flat vector
+        # makes it a single all-reduce.
+        local = self.strategy.run(
+            lambda: tf.concat(
+                [tf.reshape(v.value, [-1]) for v in self._moving_stats], 0
+            )
+        )
+        mean = self.strategy.reduce(
+            tf.distribute.ReduceOp.MEAN, local, axis=None
+        )
+        sizes = [int(np.prod(v.shape)) for v in self._moving_stats]
+        for variable, part in zip(self._moving_stats, tf.split(mean, sizes)):
+            variable.assign(tf.reshape(part, variable.shape))
+
+    def sync_moving_statistics(self):
+        """Averages the BN moving statistics over replicas and workers."""
+        if self.strategy.num_replicas_in_sync > 1 and self._moving_stats:
+            self._sync()
