@@ -31,6 +31,8 @@ LAZY = {
     "tensorflow",
 }
 MAX_MODULE_LINES = 650
+# Code lines of one function, its docstring aside.
+MAX_FUNCTION_LINES = 80
 
 
 def _modules():
@@ -148,3 +150,37 @@ def test_no_module_is_longer_than_a_reader_can_hold():
         for module, (path, _) in MODULES.items()
     }
     assert {m: n for m, n in long.items() if n > MAX_MODULE_LINES} == {}
+
+
+def test_no_function_body_is_longer_than_a_screen():
+    long = []
+    for module, (_, tree) in MODULES.items():
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            body = node.body
+            if ast.get_docstring(node) and len(body) > 1:
+                body = body[1:]
+            lines = node.end_lineno - body[0].lineno + 1
+            if lines > MAX_FUNCTION_LINES:
+                long.append(f"{module}.{node.name}: {lines} lines")
+    assert long == []
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("export", "keras_shufflenet.lite"),
+        ("deploy", "keras_shufflenet.lite.rewrite"),
+        ("fused", "keras_shufflenet.training.fused"),
+        ("shufflenet", "keras_shufflenet.models.shufflenet"),
+    ],
+)
+def test_old_module_names_resolve_with_a_deprecation_warning(old, new):
+    import keras_shufflenet
+
+    with pytest.warns(DeprecationWarning, match=f"moved to `{new}`"):
+        module = getattr(keras_shufflenet, old)
+    assert module.__name__ == new
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        keras_shufflenet.nonexistent  # noqa: B018

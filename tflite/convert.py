@@ -30,22 +30,7 @@ from keras_shufflenet import lite  # noqa: E402
 from keras_shufflenet.lite import rewrite as deploy  # noqa: E402
 from keras_shufflenet.utils.cli import exit_on_errors  # noqa: E402
 
-_MODEL = flags.DEFINE_string("model", None, "A .keras model to convert.")
-_WEIGHTS = flags.DEFINE_string(
-    "weights", None,
-    "Weights (.weights.h5/.keras) for the ShuffleNet built from --scale, "
-    "--groups, ...; without --model.",
-)
-_SCALE = flags.DEFINE_float("scale", 1.0, "ShuffleNet width multiplier.")
-_GROUPS = flags.DEFINE_integer("groups", 3, "Pointwise conv groups.")
-_SE = flags.DEFINE_bool("se", False, "Squeeze-and-excitation units.")
-_SHALLOW = flags.DEFINE_bool("shallow", False, "Half-depth stages.")
-_CLASSES = flags.DEFINE_integer("classes", 1000, "Classifier classes.")
-_SHUFFLE_ORDER = flags.DEFINE_enum(
-    "shuffle_order", None, ["paper", "official"],
-    "Channel shuffle order of the built ShuffleNet. Defaults to 'paper', "
-    "or to what --weights need.",
-)
+lite.define_model_flags("to convert")
 _IMAGE_SIZE = flags.DEFINE_integer(
     "image_size", None,
     "Input side. Defaults to the model's fixed input size, or 224.",
@@ -118,19 +103,7 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TF's export chatter.
-    if _MODEL.value:
-        model = lite.load_model(_MODEL.value)
-    else:
-        model = lite.load_model(
-            weights=_WEIGHTS.value,
-            image_size=_IMAGE_SIZE.value or 224,
-            scale=_SCALE.value,
-            groups=_GROUPS.value,
-            se=_SE.value,
-            shallow=_SHALLOW.value,
-            classes=_CLASSES.value,
-            shuffle_order=_SHUFFLE_ORDER.value,
-        )
+    model = lite.model_from_flags(_IMAGE_SIZE.value or 224)
     size = lite.input_size(model, _IMAGE_SIZE.value)
     if size[0] != size[1]:
         raise app.UsageError(f"Square inputs only. Received: {size}")

@@ -49,23 +49,7 @@ _IMAGE_SIZE = flags.DEFINE_integer(
     "--variants: input side. Defaults to the model's, or 224.",
 )
 _PLOT = flags.DEFINE_string("plot", None, "--variants: write a PNG here.")
-_MODEL = flags.DEFINE_string(
-    "model", None, "The source .keras model, to compare with."
-)
-_WEIGHTS = flags.DEFINE_string(
-    "weights", None,
-    "Weights for a ShuffleNet built from --scale, --groups, ... to compare "
-    "with, instead of --model.",
-)
-_SCALE = flags.DEFINE_float("scale", None, "ShuffleNet width multiplier.")
-_GROUPS = flags.DEFINE_integer("groups", 3, "Pointwise conv groups.")
-_SE = flags.DEFINE_bool("se", False, "Squeeze-and-excitation units.")
-_SHALLOW = flags.DEFINE_bool("shallow", False, "Half-depth stages.")
-_CLASSES = flags.DEFINE_integer("classes", 1000, "Classifier classes.")
-_SHUFFLE_ORDER = flags.DEFINE_enum(
-    "shuffle_order", None, ["paper", "official"],
-    "Channel shuffle order. Defaults to 'paper', or to what --weights need.",
-)
+lite.define_model_flags("to compare with (--variants)", scale=None)
 data.define_input_flags("Evaluation data source.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 50, "Keras batch size.")
 _MAX_EXAMPLES = flags.DEFINE_integer(
@@ -75,23 +59,6 @@ _NUM_THREADS = flags.DEFINE_integer("num_threads", 1, "LiteRT threads.")
 _OUTPUT_JSON = flags.DEFINE_string(
     "output_json", None, "Write the results here as JSON."
 )
-
-
-def _keras_model(image_size):
-    if _MODEL.value:
-        return lite.load_model(_MODEL.value)
-    if _SCALE.value is None and _WEIGHTS.value is None:
-        return None
-    return lite.load_model(
-        weights=_WEIGHTS.value,
-        image_size=image_size,
-        scale=_SCALE.value or 1.0,
-        groups=_GROUPS.value,
-        se=_SE.value,
-        shallow=_SHALLOW.value,
-        classes=_CLASSES.value,
-        shuffle_order=_SHUFFLE_ORDER.value,
-    )
 
 
 def _input_config(image_size):
@@ -106,7 +73,7 @@ def _progress(message):
 
 
 def _compare_variants():
-    keras_model = _keras_model(_IMAGE_SIZE.value or 224)
+    keras_model = lite.model_from_flags(_IMAGE_SIZE.value or 224)
     if keras_model is None:
         raise app.UsageError("--variants needs --model, or --scale/--weights.")
     (size, _) = lite.input_size(keras_model, _IMAGE_SIZE.value)
@@ -174,7 +141,7 @@ def main(argv):
     total = pipeline.num_examples(False)
     if _MAX_EXAMPLES.value:
         total = min(total, _MAX_EXAMPLES.value)
-    keras_model = _keras_model(height)
+    keras_model = lite.model_from_flags(height)
     start = time.perf_counter()
 
     def progress(done):

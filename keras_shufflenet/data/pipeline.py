@@ -63,6 +63,7 @@ class InputPipeline:
         print(pipeline.bad_image_count)
         ```
     """
+
     def __init__(self, config):
         config.validate()
         self.config = config
@@ -192,6 +193,22 @@ class InputPipeline:
                 f"`batch_size` must be >= 1. Received: {batch_size}"
             )
         source = self._source(training)
+        ds = self._records(source, training, input_context)
+        ds = self._preprocess(ds, source, training)
+        ds = self._batch(ds, training, batch_size)
+        options = tf.data.Options()
+        options.deterministic = config.deterministic
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.OFF
+        )
+        if config.threadpool_size:
+            options.threading.private_threadpool_size = config.threadpool_size
+        return ds.with_options(options).prefetch(AUTOTUNE)
+
+    def _records(self, source, training, input_context):
+        """The source's `(encoded image or path, label)` records, shuffled
+        and repeated for training."""
+        config = self.config
         # With a cache, read in a fixed order and shuffle the cached
         # examples fully each epoch instead of freezing one file order.
         ds = source.records(
@@ -199,83 +216,81 @@ class InputPipeline:
         )
         if config.cache:
             ds = ds.cache()
-        if training:
-            if config.cache:
-                buffer = self.num_examples(training)
-            elif isinstance(source, (DigitsSource, FolderSource)):
-                # The whole file list (or array) is already shuffled each
-                # epoch; a second buffer of encoded images would only cost
-                # memory (10,000 ImageNet JPEGs are about 1.1 GB).
-                buffer = 0
-            else:
-                buffer = config.shuffle_buffer_size
-            if buffer > 1:
-                ds = ds.shuffle(buffer, seed=config.seed)
-            if config.repeat:
-                ds = ds.repeat()
+        if not training:
+            return ds
+        if config.cache:
+            buffer = self.num_examples(training)
+        elif isinstance(source, (DigitsSource, FolderSource)):
+            # The whole file list (or array) is already shuffled each
+            # epoch; a second buffer of encoded images would only cost
+            # memory (10,000 ImageNet JPEGs are about 1.1 GB).
+            buffer = 0
+        else:
+            buffer = config.shuffle_buffer_size
+        if buffer > 1:
+            ds = ds.shuffle(buffer, seed=config.seed)
+        return ds.repeat() if config.repeat else ds
+
+    def _preprocess(self, ds, source, training):
+        """Decodes and crops: the paper's training augmentation or its
+        single centre crop (section 4)."""
+        config = self.config
         size = config.image_size
-        deterministic = config.deterministic
         if isinstance(source, DigitsSource):
-            if training:
-                ds = ds.map(
-                    lambda x, y: (digits_train_augment(x, size), y),
-                    num_parallel_calls=AUTOTUNE,
-                )
-        else:
-            if training:
-                area_range = config.area_range
-                ratio_range = tuple(config.aspect_ratio_range)
-                jitter = config.color_jitter
-
-                def parse(image_bytes):
-                    return preprocess_for_train(
-                        image_bytes, size, area_range, ratio_range, jitter
-                    )
-
-            else:
-                fraction = config.crop_fraction
-
-                def parse(image_bytes):
-                    return preprocess_for_eval(image_bytes, size, fraction)
-
-            if isinstance(source, FolderSource) and not config.cache:
-                decode = parse
-
-                def parse(path):
-                    return decode(tf.io.read_file(path))
-
-            if config.skip_bad_images:
-                ds = _map_skipping_bad(
-                    ds, parse, size, self.bad_images, deterministic
-                )
-            else:
-                ds = ds.map(
-                    lambda x, y: (parse(x), y),
-                    num_parallel_calls=AUTOTUNE,
-                    deterministic=deterministic,
-                )
+            if not training:
+                return ds
+            return ds.map(
+                lambda x, y: (digits_train_augment(x, size), y),
+                num_parallel_calls=AUTOTUNE,
+            )
         if training:
-            ds = ds.batch(batch_size, drop_remainder=True)
-        else:
-            ds = ds.map(lambda x, y: (x, y, tf.constant(1.0)))
-            padding = tf.data.Dataset.from_tensors(
-                (
-                    tf.zeros([size, size, 3], tf.uint8),
-                    tf.constant(0, tf.int32),
-                    tf.constant(0.0),
+            area_range = config.area_range
+            ratio_range = tuple(config.aspect_ratio_range)
+            jitter = config.color_jitter
+
+            def parse(image_bytes):
+                return preprocess_for_train(
+                    image_bytes, size, area_range, ratio_range, jitter
                 )
-            ).repeat(batch_size - 1)
-            # Real examples then up to batch_size - 1 padding rows; the
-            # remainder dropped is padding only, never a real example.
-            ds = ds.concatenate(padding).batch(batch_size, drop_remainder=True)
-        options = tf.data.Options()
-        options.deterministic = deterministic
-        options.experimental_distribute.auto_shard_policy = (
-            tf.data.experimental.AutoShardPolicy.OFF
+
+        else:
+            fraction = config.crop_fraction
+
+            def parse(image_bytes):
+                return preprocess_for_eval(image_bytes, size, fraction)
+
+        if isinstance(source, FolderSource) and not config.cache:
+            decode = parse
+
+            def parse(path):
+                return decode(tf.io.read_file(path))
+
+        if config.skip_bad_images:
+            return _map_skipping_bad(
+                ds, parse, size, self.bad_images, config.deterministic
+            )
+        return ds.map(
+            lambda x, y: (parse(x), y),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=config.deterministic,
         )
-        if config.threadpool_size:
-            options.threading.private_threadpool_size = config.threadpool_size
-        return ds.with_options(options).prefetch(AUTOTUNE)
+
+    def _batch(self, ds, training, batch_size):
+        """Full batches; evaluation pads the last one and weights rows."""
+        if training:
+            return ds.batch(batch_size, drop_remainder=True)
+        size = self.config.image_size
+        ds = ds.map(lambda x, y: (x, y, tf.constant(1.0)))
+        padding = tf.data.Dataset.from_tensors(
+            (
+                tf.zeros([size, size, 3], tf.uint8),
+                tf.constant(0, tf.int32),
+                tf.constant(0.0),
+            )
+        ).repeat(batch_size - 1)
+        # Real examples then up to batch_size - 1 padding rows; the
+        # remainder dropped is padding only, never a real example.
+        return ds.concatenate(padding).batch(batch_size, drop_remainder=True)
 
     def dataset_fn(self, training, global_batch_size):
         """Returns a dataset function for distribution strategies.

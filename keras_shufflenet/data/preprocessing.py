@@ -67,6 +67,7 @@ def _decode_window(image_bytes, window_fn):
         ``(crop, shape)``: uint8 ``[height, width, 3]`` and the full image's
         int32 ``[h, w, c]`` shape.
     """
+
     def jpeg():
         shape = tf.io.extract_jpeg_shape(image_bytes)
         window = window_fn(shape)

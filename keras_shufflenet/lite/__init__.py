@@ -44,6 +44,8 @@ from keras_shufflenet.lite.inspection import op_name
 from keras_shufflenet.lite.inspection import read_flatbuffer
 from keras_shufflenet.lite.inspection import xnnpack_coverage
 from keras_shufflenet.lite.inspection import xnnpack_scale_violations
+from keras_shufflenet.lite.model_flags import define_model_flags
+from keras_shufflenet.lite.model_flags import model_from_flags
 from keras_shufflenet.lite.rewrite import GROUPWISE_MAX_GROUPS
 from keras_shufflenet.lite.rewrite import GROUPWISE_MIN_CHANNELS
 from keras_shufflenet.lite.rewrite import GROUPWISE_MIN_VALUES

@@ -2,6 +2,7 @@
 range, int8 and int16x8 post-training quantization, builtin ops only.
 """
 
+import functools
 import os
 import tempfile
 import warnings
@@ -44,6 +45,7 @@ def convert_saved_model(
     per_channel=True,
     float_layers=(),
     debug_csv=None,
+    what=None,
 ):
     """Converts a batch-1 SavedModel to a builtin-ops-only TFLite model.
 
@@ -53,38 +55,74 @@ def convert_saved_model(
     Reference:
         Zhang et al., ShuffleNet, section 4 (the evaluated network).
 
+    Args:
+        what: How errors and warnings name the model. Defaults to
+            "SavedModel <saved_model_dir>".
+
     Returns:
         The `.tflite` flatbuffer as bytes.
     """
-    return _convert_saved_model(
-        saved_model_dir,
-        output_path,
-        f"SavedModel {os.fspath(saved_model_dir)}",
-        mode=mode,
-        calibration_data=calibration_data,
-        num_calibration_images=num_calibration_images,
-        input_type=input_type,
-        output_type=output_type,
-        per_channel=per_channel,
-        float_layers=float_layers,
-        debug_csv=debug_csv,
+    what = what or f"SavedModel {os.fspath(saved_model_dir)}"
+    float_layers = _check_options(
+        mode, input_type, output_type, float_layers, debug_csv
     )
+    saved_model_dir = os.fspath(saved_model_dir)
+    if not os.path.isfile(os.path.join(saved_model_dir, "saved_model.pb")):
+        raise FileNotFoundError(
+            f"No SavedModel (saved_model.pb) in {saved_model_dir}"
+        )
+    images = _calibration_images(
+        saved_model_dir, mode, calibration_data, num_calibration_images
+    )
+    # A converter converts once (the debugger re-targets its own).
+    new_converter = functools.partial(
+        make_converter, saved_model_dir, mode, images, input_type,
+        output_type, per_channel,
+    )
+    if debug_csv:
+        debugger = quantization_debugger(
+            new_converter(),
+            images,
+            debug_options(saved_model_dir, float_layers, what),
+            what,
+        )
+        write_layer_csv(debugger, debug_csv)
+    tflite = None
+    if "auto" in float_layers:
+        plain = run_converter(new_converter().convert, what)
+        auto = [
+            v["layer"] for v in xnnpack_scale_violations(plain) if v["layer"]
+        ]
+        float_layers = [n for n in float_layers if n != "auto"] + auto
+        if not float_layers:
+            tflite = plain
+    if tflite is None and not float_layers:
+        tflite = run_converter(new_converter().convert, what)
+    elif tflite is None:
+        converter = new_converter()
+        # Float islands need the float kernels next to the int8 ones.
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+            tf.lite.OpsSet.TFLITE_BUILTINS,
+        ]
+        debugger = quantization_debugger(
+            converter,
+            images,
+            debug_options(saved_model_dir, float_layers, what),
+            what,
+        )
+        tflite = run_converter(debugger.get_nondebug_quantized_model, what)
+    if mode == "int8":
+        _warn_if_xnnpack_refuses(tflite, what)
+    check_builtin_ops(tflite)
+    if output_path is not None:
+        write_atomic(output_path, tflite)
+    return tflite
 
 
-def _convert_saved_model(
-    saved_model_dir,
-    output_path,
-    what,
-    *,
-    mode,
-    calibration_data,
-    num_calibration_images,
-    input_type,
-    output_type,
-    per_channel,
-    float_layers,
-    debug_csv,
-):
+def _check_options(mode, input_type, output_type, float_layers, debug_csv):
+    """Checks the conversion options together; returns `float_layers` as a
+    list."""
     check_choice("mode", mode, MODES)
     check_choice("input_type", input_type, INPUT_TYPES)
     check_choice("output_type", output_type, OUTPUT_TYPES)
@@ -108,85 +146,44 @@ def _convert_saved_model(
             "`float_layers` needs float32 input and output. Received: "
             f"input_type={input_type!r}, output_type={output_type!r}"
         )
-    saved_model_dir = os.fspath(saved_model_dir)
-    if not os.path.isfile(os.path.join(saved_model_dir, "saved_model.pb")):
-        raise FileNotFoundError(
-            f"No SavedModel (saved_model.pb) in {saved_model_dir}"
+    return float_layers
+
+
+def _calibration_images(
+    saved_model_dir, mode, calibration_data, num_calibration_images
+):
+    """The checked calibration images of a quantized mode, else None."""
+    if mode not in ("int8", "int16x8"):
+        return None
+    if calibration_data is None:
+        raise ValueError(
+            f"mode={mode!r} needs `calibration_data`: evaluation-style "
+            "images, e.g. from `calibration_images(config)`."
         )
-    images = None
-    if mode in ("int8", "int16x8"):
-        if calibration_data is None:
-            raise ValueError(
-                f"mode={mode!r} needs `calibration_data`: evaluation-style "
-                "images, e.g. from `calibration_images(config)`."
-            )
-        size = saved_model_input_size(saved_model_dir)
-        images = check_images(calibration_data, size, "calibration_data")
-        if not isinstance(num_calibration_images, int) or (
-            num_calibration_images < 1
-        ):
-            raise ValueError(
-                "`num_calibration_images` must be a positive int. Received: "
-                f"num_calibration_images={num_calibration_images!r}"
-            )
-        images = images[:num_calibration_images]
-    converter = make_converter(
-        saved_model_dir, mode, images, input_type, output_type, per_channel
-    )
-    if debug_csv:
-        # The debugger re-targets its converter, so it gets its own.
-        debugger = quantization_debugger(
-            make_converter(saved_model_dir, mode, images, input_type,
-                       output_type, per_channel),
-            images,
-            debug_options(saved_model_dir, float_layers, what),
-            what,
+    size = saved_model_input_size(saved_model_dir)
+    images = check_images(calibration_data, size, "calibration_data")
+    if not isinstance(num_calibration_images, int) or (
+        num_calibration_images < 1
+    ):
+        raise ValueError(
+            "`num_calibration_images` must be a positive int. Received: "
+            f"num_calibration_images={num_calibration_images!r}"
         )
-        write_layer_csv(debugger, debug_csv)
-    tflite = None
-    if "auto" in float_layers:
-        plain = run_converter(converter.convert, what)
-        auto = [
-            v["layer"] for v in xnnpack_scale_violations(plain) if v["layer"]
-        ]
-        float_layers = [n for n in float_layers if n != "auto"] + auto
-        if not float_layers:
-            tflite = plain
-        converter = make_converter(
-            saved_model_dir, mode, images, input_type, output_type,
-            per_channel,
+    return images[:num_calibration_images]
+
+
+def _warn_if_xnnpack_refuses(tflite, what):
+    violations = xnnpack_scale_violations(tflite)
+    if violations:
+        layers = sorted({str(v["layer"]) for v in violations})
+        warnings.warn(
+            f"{what}: XNNPACK cannot prepare this int8 model: layers "
+            f"{layers} have a requantization scale >= 256 (near-zero "
+            "batch-norm variance folded into the weights). LiteRT's "
+            "default CPU setup will fail to load it; convert with "
+            "float_layers=['auto'] to keep those layers in float.",
+            stacklevel=4,
         )
-    if tflite is None and not float_layers:
-        tflite = run_converter(converter.convert, what)
-    elif tflite is None:
-        # Float islands need the float kernels next to the int8 ones.
-        converter.target_spec.supported_ops = [
-            tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-            tf.lite.OpsSet.TFLITE_BUILTINS,
-        ]
-        debugger = quantization_debugger(
-            converter,
-            images,
-            debug_options(saved_model_dir, float_layers, what),
-            what,
-        )
-        tflite = run_converter(debugger.get_nondebug_quantized_model, what)
-    if mode == "int8":
-        violations = xnnpack_scale_violations(tflite)
-        if violations:
-            layers = sorted({str(v["layer"]) for v in violations})
-            warnings.warn(
-                f"{what}: XNNPACK cannot prepare this int8 model: layers "
-                f"{layers} have a requantization scale >= 256 (near-zero "
-                "batch-norm variance folded into the weights). LiteRT's "
-                "default CPU setup will fail to load it; convert with "
-                "float_layers=['auto'] to keep those layers in float.",
-                stacklevel=3,
-            )
-    check_builtin_ops(tflite)
-    if output_path is not None:
-        write_atomic(output_path, tflite)
-    return tflite
 
 
 def convert(
@@ -273,10 +270,10 @@ def convert(
     with tempfile.TemporaryDirectory() as tmp:
         saved_model_dir = os.path.join(tmp, "saved_model")
         export_saved_model(model, saved_model_dir, image_size, mode)
-        return _convert_saved_model(
+        return convert_saved_model(
             saved_model_dir,
             output_path,
-            f"Model {model.name!r}",
+            what=f"Model {model.name!r}",
             mode=mode,
             calibration_data=calibration_data,
             num_calibration_images=num_calibration_images,

@@ -188,6 +188,7 @@ class _DebuggerWithoutDelegates:
     is meant to be measured with TFLite's own kernels anyway, so the
     debugger module's interpreter factory is swapped for the duration.
     """
+
     def __enter__(self):
 
 

@@ -2,7 +2,6 @@
 and accuracy of TFLite models on a dataset.
 """
 
-import io
 import json
 import os
 import tempfile
@@ -24,6 +23,8 @@ from keras_shufflenet.lite.saved_model import export_saved_model
 from keras_shufflenet.lite.saved_model import logits_model
 from keras_shufflenet.utils.checks import check_choice
 from keras_shufflenet.utils.files import write_atomic
+from keras_shufflenet.utils.plots import pyplot
+from keras_shufflenet.utils.plots import write_figure
 
 
 def _quantize_input(images, detail):
@@ -60,6 +61,7 @@ class TFLiteModel:
             the builtin kernels with a warning when XNNPACK cannot prepare
             the model (`self.delegated` says which ran). Defaults to True.
     """
+
     def __init__(self, tflite, num_threads=1, delegate=True):
         self.delegated = delegate
         try:
@@ -204,16 +206,7 @@ def evaluate_tflite(
             reference_model = logits_model(keras_model)
     tflite_out, keras_out, labels = [], [], []
     done = 0
-    for batch in dataset:
-        images, batch_labels = np.asarray(batch[0]), np.asarray(batch[1])
-        if len(batch) > 2:
-            keep = np.asarray(batch[2]) > 0
-            images, batch_labels = images[keep], batch_labels[keep]
-        if max_examples is not None:
-            images = images[: max_examples - done]
-            batch_labels = batch_labels[: max_examples - done]
-        if len(images) == 0:
-            break
+    for images, batch_labels in _examples(dataset, max_examples):
         tflite_out.append(runner(images))
         if reference_model is not None:
             keras_out.append(
@@ -224,8 +217,6 @@ def evaluate_tflite(
         done += len(images)
         if progress is not None:
             progress(done)
-        if max_examples is not None and done >= max_examples:
-            break
     if not done:
         raise ValueError("`dataset` yielded no examples.")
     outputs = np.concatenate(tflite_out)
@@ -258,23 +249,34 @@ CONVERSION_VARIANTS = {
 }
 
 
-def _collect(dataset, max_examples):
-    images, labels = [], []
-    count = 0
+def _examples(dataset, max_examples):
+    """Yields `(images, labels)` numpy batches of real examples: padding
+    rows (sample weight 0) dropped, at most `max_examples` in all."""
+    done = 0
     for batch in dataset:
-        x, y = np.asarray(batch[0]), np.asarray(batch[1])
+        images, labels = np.asarray(batch[0]), np.asarray(batch[1])
         if len(batch) > 2:
             keep = np.asarray(batch[2]) > 0
-            x, y = x[keep], y[keep]
-        images.append(x)
-        labels.append(y)
-        count += len(x)
-        if max_examples is not None and count >= max_examples:
-            break
-    if not count:
+            images, labels = images[keep], labels[keep]
+        if max_examples is not None:
+            images = images[: max_examples - done]
+            labels = labels[: max_examples - done]
+        if len(images) == 0:
+            if max_examples is not None and done >= max_examples:
+                return
+            continue
+        yield images, labels
+        done += len(images)
+        if max_examples is not None and done >= max_examples:
+            return
+
+
+def _collect(dataset, max_examples):
+    batches = list(_examples(dataset, max_examples))
+    if not batches:
         raise ValueError("`dataset` yielded no examples.")
-    images = np.concatenate(images)[:max_examples]
-    return images, np.concatenate(labels)[:max_examples]
+    images, labels = zip(*batches)
+    return np.concatenate(images), np.concatenate(labels)
 
 
 def compare_conversions(
@@ -403,11 +405,7 @@ def plot_conversions(rows, path, title=""):
         path: The PNG to write.
         title: Figure title. Defaults to "".
     """
-    # Plotting only: matplotlib costs a second to import.
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = [r["variant"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(15, 0.45 * len(rows) + 1.5),
@@ -428,10 +426,7 @@ def plot_conversions(rows, path, title=""):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    write_atomic(path, buffer.getvalue())
+    write_figure(fig, path)
 
 
 def format_evaluation(results):

@@ -270,6 +270,7 @@ class _Rewriter:
     `clone` copies each layer with its weights (permuted where a shuffle
     moves); `call` calls the copies, replacing layers by equivalent ones.
     """
+
     def __init__(self, preprocessing, average_pool, paddings, moves):
         self.preprocessing = preprocessing
         self.average_pool = average_pool
@@ -374,6 +375,7 @@ class RowZeroPadding2D(keras.layers.Layer):
     >>> RowZeroPadding2D(((1, 1), (1, 1)))(x).shape
     (1, 6, 6, 3)
     """
+
     def __init__(self, padding, **kwargs):
         super().__init__(**kwargs)
         (top, bottom), (left, right) = padding
@@ -472,6 +474,7 @@ class GroupwiseShuffleUnit(keras.layers.Layer):
             Defaults to `"paper"`.
         **kwargs: Base layer arguments, such as `name`.
     """
+
     def __init__(self, groups, bottleneck, kernel_size=3,
                  shuffle_order="paper", **kwargs):
         super().__init__(**kwargs)

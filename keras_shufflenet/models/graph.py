@@ -85,6 +85,7 @@ def _unit_layers(model, prefix, shuffle_slices=True):
     `shuffle_slices` also requires the shuffle to regroup the bottleneck
     as contiguous slices (`shuffle_plan`), as `FusedShuffleUnit` does.
     """
+
     def get(suffix):
         try:
             return model.get_layer(f"{prefix}_{suffix}")
@@ -216,6 +217,7 @@ class PerGroupGraph:
     Args:
         model: The functional model being rebuilt.
     """
+
     def __init__(self, model):
         self._model = model
         self._values = {id(t): t for t in model.inputs}

@@ -99,6 +99,7 @@ class ChannelShuffle(keras.layers.Layer):
     >>> ChannelShuffle(3)(x)[0, 0, 0]
     [0., 4., 8., 1., 5., 9., 2., 6., 10., 3., 7., 11.]
     """
+
     def __init__(self, groups, order="paper", data_format=None, **kwargs):
         super().__init__(**kwargs)
         _check_groups(groups)
@@ -201,6 +202,7 @@ class PointwiseGroupConv2D(keras.layers.Layer):
     >>> conv(keras.ops.ones((2, 28, 28, 240))).shape
     (2, 28, 28, 60)
     """
+
     def __init__(
         self,
         filters,
@@ -378,6 +380,7 @@ class SplitChannels(keras.layers.Layer):
         groups: Number of pieces; divides the channels.
         **kwargs: Base layer arguments, such as `name`.
     """
+
     def __init__(self, groups, **kwargs):
         super().__init__(**kwargs)
         self.groups = groups

@@ -124,6 +124,7 @@ def synchronize_batch_norm(model):
         The clone, whose BatchNormalization layers compute batch statistics
         over all replicas.
     """
+
     def clone(layer):
         config = layer.get_config()
         if isinstance(layer, keras.layers.BatchNormalization):

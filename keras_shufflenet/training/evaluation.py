@@ -46,6 +46,7 @@ def _fixed_steps_eval_dataset_fn(pipeline, global_batch, steps):
     dropped unless a shard holds more than its share (checked after
     evaluation).
     """
+
     def fn(context):
         ds = pipeline.dataset(False, global_batch, context)
         replicas = context.num_replicas_in_sync // context.num_input_pipelines
@@ -107,6 +108,7 @@ class Evaluator:
         from_logits: Whether the model returns logits (for the loss).
             Defaults to True.
     """
+
     def __init__(self, model, pipeline, strategy, batch_size, from_logits=True):
         self.model = model
         self.from_logits = from_logits
@@ -194,6 +196,7 @@ class BatchNormRecalibration:
         model: A Keras model created under `strategy.scope()`.
         strategy: The `tf.distribute.Strategy`.
     """
+
     def __init__(self, model, strategy):
         self.model = model
         self.strategy = strategy

@@ -36,6 +36,7 @@ def _normalize(x, mean, variance, gamma, beta, epsilon):
     `mean` and `variance` are `x`'s batch statistics, passed in without a
     gradient; the custom gradient accounts for them in closed form.
     """
+
     @ops.custom_gradient
     def normalize(x, gamma, beta):
         inv = ops.rsqrt(variance + epsilon)
@@ -161,6 +162,7 @@ class FastBatchNormalization(keras.layers.Layer):
             uses and updates.
         **kwargs: Base layer arguments, such as `name`.
     """
+
     def __init__(self, layer, **kwargs):
         layer = _as_layer(layer)
         kwargs.setdefault("name", f"{layer.name}_fast")
@@ -211,6 +213,7 @@ class FusedBranchTail(keras.layers.Layer):
         norm: The `BatchNormalization` after it.
         **kwargs: Base layer arguments, such as `name`.
     """
+
     def __init__(self, dw_norm, conv, norm, **kwargs):
         dw_norm, conv, norm = (_as_layer(x) for x in (dw_norm, conv, norm))
         kwargs.setdefault("name", f"{conv.name}_fused")
@@ -296,6 +299,7 @@ class FusedShuffleUnit(keras.layers.Layer):
             The unit's layers; `shuffle` may be None (no shuffle).
         **kwargs: Base layer arguments, such as `name`.
     """
+
     def __init__(
         self, gconv1, gconv1_bn, shuffle, dwconv, dwconv_bn, gconv2,
         gconv2_bn, **kwargs
@@ -447,6 +451,7 @@ class GroupwisePointwiseConv(keras.layers.Layer):
         conv: The `PointwiseGroupConv2D` whose kernel it uses.
         **kwargs: Base layer arguments, such as `name`.
     """
+
     def __init__(self, conv, **kwargs):
         conv = _as_layer(conv)
         kwargs.setdefault("name", f"{conv.name}_groupwise")

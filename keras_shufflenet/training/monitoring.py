@@ -2,7 +2,6 @@
 TensorBoard scalars, and the training-curve plot.
 """
 
-import io
 import os
 
 import keras
@@ -10,7 +9,8 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from keras_shufflenet.utils.files import write_atomic
+from keras_shufflenet.utils.plots import pyplot
+from keras_shufflenet.utils.plots import write_figure
 
 
 def summary_scalar(tag, value, step):
@@ -38,11 +38,7 @@ def plot_history(history, path, title=""):
         path: Output PNG.
         title: Figure title.
     """
-    # Plotting only: matplotlib costs a second to import.
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    plt = pyplot()
 
     epochs = [h for h in history if not h["final"]]
     x = [h["epoch"] for h in epochs]
@@ -82,10 +78,7 @@ def plot_history(history, path, title=""):
     axes[1].legend(loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    write_atomic(path, buffer.getvalue())
+    write_figure(fig, path)
 
 
 class RunLog:

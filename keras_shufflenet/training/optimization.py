@@ -43,6 +43,7 @@ class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
         total_steps: Steps until the rate reaches 0.
         warmup_steps: Warm-up steps. Defaults to 0.
     """
+
     def __init__(self, peak, total_steps, warmup_steps=0):
         if not total_steps > warmup_steps >= 0:
             raise ValueError(

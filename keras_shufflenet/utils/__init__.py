@@ -6,5 +6,7 @@ from keras_shufflenet.utils.checks import check_choice
 from keras_shufflenet.utils.cli import exit_on_errors
 from keras_shufflenet.utils.files import atomic_path
 from keras_shufflenet.utils.files import write_atomic
+from keras_shufflenet.utils.plots import pyplot
+from keras_shufflenet.utils.plots import write_figure
 from keras_shufflenet.utils.timing import interleaved_schedule
 from keras_shufflenet.utils.timing import timing_stats

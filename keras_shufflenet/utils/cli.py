@@ -16,6 +16,7 @@ def exit_on_errors(main, errors=(FileNotFoundError, ValueError)):
     Returns:
         A `main(argv)` to pass to `absl.app.run`.
     """
+
     def run(argv):
         try:
             return main(argv)

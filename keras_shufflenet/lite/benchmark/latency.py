@@ -88,7 +88,7 @@ def calibration_images(resolution, num_images=DEFAULT_CALIBRATION_IMAGES,
 
     Latency does not depend on the quantization ranges, so random images
     stand in for evaluation images here; use
-    `keras_shufflenet.export.calibration_images` for accurate int8 models.
+    `keras_shufflenet.lite.calibration_images` for accurate int8 models.
     """
     rng = np.random.default_rng(seed)
     return rng.uniform(0, 255, (num_images,) + tuple(resolution) + (3,))
@@ -99,7 +99,7 @@ def convert_cached(spec, resolution, mode, cache_dir,
                    progress=None):
     """Converts `spec` at `resolution` in `mode`, or reuses the cached file.
 
-    The conversion is `keras_shufflenet.export.convert` (deployment graph,
+    The conversion is `keras_shufflenet.lite.convert` (deployment graph,
     batch-1 SavedModel, builtin ops). int8 models output logits: XNNPACK
     has no int8 SOFTMAX, which would leave a second piece outside it.
 
@@ -169,6 +169,7 @@ def environment():
         and the versions of `ai_edge_litert`, `tensorflow`, `keras`,
         `numpy` and `keras_shufflenet`.
     """
+
     def version(package):
         try:
             return metadata.version(package)

@@ -11,6 +11,8 @@ import sys
 
 from keras_shufflenet.lite.benchmark.latency import RESULT_FIELDS
 from keras_shufflenet.utils.files import write_atomic
+from keras_shufflenet.utils.plots import pyplot
+from keras_shufflenet.utils.plots import write_figure
 
 
 def format_value(value, digits=2):
@@ -120,11 +122,7 @@ def plot_latency(benchmark, path):
     Returns:
         `{resolution: number of points drawn}`.
     """
-    # Plotting only: matplotlib costs a second to import.
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    plt = pyplot()
 
     rows = [r for r in benchmark["results"] if r["mflops"]]
     resolutions = list(dict.fromkeys(r["resolution"] for r in rows))
@@ -172,10 +170,7 @@ def plot_latency(benchmark, path):
         fontsize=10,
     )
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    write_atomic(path, buffer.getvalue())
+    write_figure(fig, path, dpi=120)
     return points
 
 

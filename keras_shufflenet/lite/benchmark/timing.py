@@ -117,6 +117,7 @@ class Runner:
         num_threads: Interpreter (and XNNPACK) threads. Defaults to 1.
         seed: Seed of the random input. Defaults to 0.
     """
+
     def __init__(self, tflite, num_threads=1, seed=0):
 
         if isinstance(tflite, (str, os.PathLike)):
