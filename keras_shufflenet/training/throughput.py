@@ -7,6 +7,8 @@ import time
 import keras
 import numpy as np
 
+from keras_shufflenet.models.layers import GROUP_CONV_IMPLEMENTATIONS
+from keras_shufflenet.models.naming import parse_variant_name
 from keras_shufflenet.models.shufflenet import ShuffleNet
 from keras_shufflenet.training.fused import training_model
 from keras_shufflenet.utils.timing import interleaved_schedule
@@ -39,17 +41,22 @@ def build(name, input_shape=(224, 224, 3)):
     if name in PEERS:
         return PEERS[name](input_shape)
     try:
-        _, scale, groups, implementation = name.split("_")
-        scale = float(scale.rstrip("x"))
-        groups = int(groups.lstrip("g"))
+        variant = parse_variant_name(name, argument="names")
     except ValueError:
+        variant = None
+    implementations = GROUP_CONV_IMPLEMENTATIONS + ("fused",)
+    if variant is None or variant["suffix"] not in implementations:
         raise ValueError(
             "A model name is 'shufflenet_<scale>x_g<groups>_<implementation>' "
-            f"or one of {sorted(PEERS)}. Received: {name!r}"
-        ) from None
+            f"(implementation one of {implementations}) or one of "
+            f"{sorted(PEERS)}. Received: {name!r}"
+        )
+    implementation = variant["suffix"]
     fuse = implementation == "fused"
     model = ShuffleNet(
-        scale, groups, input_shape=input_shape,
+        variant["scale"], variant["groups"], se=variant["se"],
+        shallow=variant["shallow"], shuffle=variant["shuffle"],
+        input_shape=input_shape,
         group_conv_implementation="split" if fuse else implementation,
     )
     return training_model(model) if fuse else model

@@ -14,6 +14,7 @@ import numpy as np
 from keras_shufflenet.models.layers import shuffle_permutation
 from keras_shufflenet.models.pretrained import OFFICIAL_MODEL_KWARGS
 from keras_shufflenet.models.pretrained import find
+from keras_shufflenet.models.pretrained import official_name
 from keras_shufflenet.models.pretrained import weights_dir
 from keras_shufflenet.models.shufflenet import OFFICIAL_WIDTHS
 from keras_shufflenet.models.shufflenet import STAGE_REPEATS
@@ -484,7 +485,7 @@ def convert_official_checkpoint(path, scale, groups, output_dir=None):
     digest = file_sha256(path)
     model = from_official_checkpoint(path, scale, groups)
     entry = find(scale, groups)
-    name = entry.name if entry else f"official_{float(scale):.2f}x_g{groups}"
+    name = official_name(scale, groups)
     os.makedirs(output_dir, exist_ok=True)
     keras_path = os.path.join(output_dir, f"{name}.keras")
     weights_path = os.path.join(output_dir, f"{name}.weights.h5")
