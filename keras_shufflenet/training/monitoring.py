@@ -127,10 +127,10 @@ class EpochProgress:
         self._window = np.zeros(3)
         self.window_loss = self.window_top1 = None
 
-    def update(self, step, totals, lr):
-        """Adds `[summed loss, correct, examples]` of the steps up to `step`."""
-        epoch = (step - 1) // self.steps_per_epoch
+    def begin(self, step):
+        """Opens the epoch's progress bar before the steps after `step`."""
         if self._bar is None and self.verbose:
+            epoch = step // self.steps_per_epoch
             epochs = -(-self.total_steps // self.steps_per_epoch)
             print(f"Epoch {epoch + 1}/{epochs}", flush=True)
             target = min(
@@ -138,6 +138,10 @@ class EpochProgress:
                 self.total_steps - epoch * self.steps_per_epoch,
             )
             self._bar = keras.utils.Progbar(target, stateful_metrics=["lr"])
+
+    def update(self, step, totals, lr):
+        """Adds `[summed loss, correct, examples]` of the steps up to `step`."""
+        epoch = (step - 1) // self.steps_per_epoch
         self._window += totals
         if self._bar is not None:
             self._bar.update(

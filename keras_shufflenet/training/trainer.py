@@ -358,6 +358,7 @@ class Trainer:
         progress = EpochProgress(spe, self.total_steps, self.verbose)
         while self.step < self.total_steps:
             before = self.step
+            progress.begin(before)
             totals = self.train_step(
                 iterator, self._boundaries(before) - before
             )
