@@ -146,7 +146,7 @@ def test_group_conv_supports_channels_first(groups, implementation):
 
 
 def _channels_first_checks(tmp_path, onednn):
-    """Runs tests/channels_first_worker.py with oneDNN on or off."""
+    """Runs tests/models/channels_first_worker.py with oneDNN on or off."""
     output = tmp_path / "result.json"
     env = dict(
         os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_ENABLE_ONEDNN_OPTS=onednn
