@@ -16,6 +16,7 @@ MIN_INPUT_SIZE = 32
 
 
 def check_scale_groups(scale, groups):
+    """Checks a width multiplier and a group count of Table 1."""
     if isinstance(groups, bool) or groups not in GROUPS:
         raise ValueError(
             f"`groups` must be one of {list(GROUPS)} (Table 1). "
@@ -34,6 +35,12 @@ def check_scale_groups(scale, groups):
 
 
 def check_input_shape(input_shape, input_tensor, include_preprocessing):
+    """Returns the input shape, defaulted to 224x224x3, after checking it.
+
+    Raises:
+        ValueError: Not 3 entries, a side under 32, no channels, or not 3
+            channels where the model normalises RGB itself.
+    """
     channels_last = keras.config.image_data_format() == "channels_last"
     if input_tensor is not None and input_shape is None:
         input_shape = tuple(input_tensor.shape[1:])
@@ -76,6 +83,7 @@ def check_input_shape(input_shape, input_tensor, include_preprocessing):
 
 
 def check_weights(weights):
+    """Returns `weights` as a string path or name, or None."""
     if weights is None:
         return None
     if not isinstance(weights, (str, os.PathLike)):
