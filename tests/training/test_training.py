@@ -21,6 +21,7 @@ from PIL import Image
 
 from keras_shufflenet import data
 from keras_shufflenet import training
+from keras_shufflenet.models import naming
 from keras_shufflenet.training import fused
 
 ROOT = os.path.dirname(
@@ -195,6 +196,13 @@ def test_every_paper_recipe_loads_and_matches_its_header():
         assert (config.optimizer.lr, config.train.batch_size) == (0.5, 1024)
         assert config.optimizer.weight_decay == 4e-5
         assert config.data.name == "imagenet2012"
+        # The recipe's file is named by the one naming function.
+        name = naming.variant_name(
+            config.model.scale, config.model.groups,
+            shallow=config.model.shallow, se=config.model.se,
+            shuffle=config.model.shuffle,
+        )
+        assert os.path.basename(path) == f"{name}.py"
 
 
 def test_bn_recalibration_sets_statistics_to_average_of_batches():
