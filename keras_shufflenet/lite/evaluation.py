@@ -252,23 +252,19 @@ CONVERSION_VARIANTS = {
 def _examples(dataset, max_examples):
     """Yields `(images, labels)` numpy batches of real examples: padding
     rows (sample weight 0) dropped, at most `max_examples` in all."""
+    limit = float("inf") if max_examples is None else max_examples
     done = 0
     for batch in dataset:
+        if done >= limit:
+            return
         images, labels = np.asarray(batch[0]), np.asarray(batch[1])
         if len(batch) > 2:
             keep = np.asarray(batch[2]) > 0
             images, labels = images[keep], labels[keep]
-        if max_examples is not None:
-            images = images[: max_examples - done]
-            labels = labels[: max_examples - done]
-        if len(images) == 0:
-            if max_examples is not None and done >= max_examples:
-                return
-            continue
-        yield images, labels
-        done += len(images)
-        if max_examples is not None and done >= max_examples:
-            return
+        room = int(min(len(images), limit - done))
+        if room:
+            yield images[:room], labels[:room]
+            done += room
 
 
 def _collect(dataset, max_examples):

@@ -36,7 +36,6 @@ def model_bytes(tflite, argument="tflite"):
 
 
 def make_interpreter(tflite, delegate=True, num_threads=1):
-
     resolver = (
         OpResolverType.AUTO
         if delegate
@@ -52,12 +51,10 @@ def make_interpreter(tflite, delegate=True, num_threads=1):
 
 
 def read_flatbuffer(tflite):
-
     return flatbuffer_utils.read_model_from_bytearray(bytearray(tflite))
 
 
 def op_name(model, opcode_index):
-
     code = model.operatorCodes[opcode_index]
     if code.customCode:
         return code.customCode.decode("ascii")

@@ -55,8 +55,6 @@ def load_model(
         ValueError: Both `model_path` and `weights`/ShuffleNet arguments
             were given, or the file is not a `.keras` model.
     """
-
-
     if model_path is not None:
         if weights is not None or shufflenet_kwargs:
             raise ValueError(

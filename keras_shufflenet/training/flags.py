@@ -247,8 +247,6 @@ def recipe_config(argv, configs_dir):
     Returns:
         The `ExperimentConfig` of `--recipe` with the flags applied.
     """
-
-
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:

@@ -358,8 +358,6 @@ def tflite_mode(tflite):
         `"dynamic"` (int8 weights, float activations), `"float16"` (float16
         weights) or `"float32"`.
     """
-
-
     interpreter = Interpreter(
         model_content=bytes(tflite),
         experimental_op_resolver_type=(

@@ -49,7 +49,6 @@ def shufflenet_blocks(model):
 
 def _prefix_spec(spec, block, layer):
     def build(input_shape, logits):
-
         model = spec.build(input_shape, logits)
         output = model.get_layer(layer).output
         return keras.Model(model.inputs, output, name=f"{model.name}_{block}")

@@ -50,7 +50,6 @@ class ModelSpec:
 
 def _shufflenet_builder(scale, groups, **extra):
     def build(input_shape, logits):
-
         return ShuffleNet(
             scale,
             groups,
@@ -129,7 +128,6 @@ def without_rewrite(spec, rewrite):
 
 def _peer_builder(name, **extra):
     def build(input_shape, logits):
-
         constructor = getattr(keras.applications, name)
         return constructor(
             input_shape=input_shape,

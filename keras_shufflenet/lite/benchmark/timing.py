@@ -119,7 +119,6 @@ class Runner:
     """
 
     def __init__(self, tflite, num_threads=1, seed=0):
-
         if isinstance(tflite, (str, os.PathLike)):
             with open(tflite, "rb") as f:
                 tflite = f.read()
