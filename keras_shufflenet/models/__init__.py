@@ -36,6 +36,10 @@ from keras_shufflenet.models.layers import set_group_conv_implementation
 from keras_shufflenet.models.layers import shuffle_permutation
 from keras_shufflenet.models.loading import load_model
 from keras_shufflenet.models.loading import load_weights
+from keras_shufflenet.models.lowering import LOWERINGS
+from keras_shufflenet.models.lowering import DepthwiseAveragePooling2D
+from keras_shufflenet.models.lowering import ImageNormalization
+from keras_shufflenet.models.lowering import RowZeroPadding2D
 from keras_shufflenet.models.naming import parse_variant_name
 from keras_shufflenet.models.naming import variant_name
 from keras_shufflenet.models.pretrained import OFFICIAL_BAIDUYUN

@@ -19,6 +19,9 @@ from keras_shufflenet.models.checks import check_scale_groups
 from keras_shufflenet.models.layers import ChannelShuffle
 from keras_shufflenet.models.layers import PointwiseGroupConv2D
 from keras_shufflenet.models.loading import load_weights
+from keras_shufflenet.models.lowering import DepthwiseAveragePooling2D
+from keras_shufflenet.models.lowering import ImageNormalization
+from keras_shufflenet.models.lowering import RowZeroPadding2D
 from keras_shufflenet.models.naming import variant_name
 from keras_shufflenet.models.pretrained import resolve_weights
 
@@ -280,9 +283,9 @@ def shufflenet_unit(
     y = layers.ReLU(name=f"{name}_branch_relu")(y)
     # count_include_pad=True in PyTorch: the padded zeros count.
     shortcut = _pad(x, f"{name}_shortcut_pad")
-    shortcut = layers.AveragePooling2D(3, 2, name=f"{name}_shortcut_pool")(
-        shortcut
-    )
+    shortcut = DepthwiseAveragePooling2D(
+        3, 2, name=f"{name}_shortcut_pool"
+    )(shortcut)
     return layers.Concatenate(axis=axis, name=f"{name}_concat")([shortcut, y])
 
 
@@ -297,10 +300,6 @@ def stage_output_layer_names(model):
             ):
                 names[stage] = layer.name
     return names
-
-
-
-
 
 
 def preprocess_input(x):
@@ -328,7 +327,7 @@ def preprocess_input(x):
 
 
 def _preprocessing_layer():
-    return layers.Normalization(
+    return ImageNormalization(
         axis=_channel_axis(),
         mean=[255 * m for m in IMAGENET_MEAN],
         variance=[(255 * s) ** 2 for s in IMAGENET_STD],
@@ -354,7 +353,7 @@ def _stem(x, width):
     x = _batch_norm(x, "conv1_bn")
     x = layers.ReLU(name="conv1_relu")(x)
     # After the ReLU, zero padding acts as PyTorch's -inf padding.
-    x = _pad(x, "pool1_pad")
+    x = RowZeroPadding2D(1, name="pool1_pad")(x)
     return layers.MaxPooling2D(3, 2, name="pool1")(x)
 
 
@@ -430,9 +429,12 @@ def ShuffleNet(
             inverse permutation, which its weights need. Defaults to
             `"paper"`, or to what registered `weights` need (a conflicting
             value is refused).
-        group_conv_implementation: Lowering of the pointwise group convs:
-            `"split"`, `"grouped"` or `"dense"` (see `PointwiseGroupConv2D`).
-            Defaults to `"split"`, the fastest to train on CPU and GPU.
+        group_conv_implementation: Lowering of the pointwise group convs
+            when training: `"split"`, `"grouped"` or `"dense"` (see
+            `PointwiseGroupConv2D`). Defaults to `"split"`, the fastest to
+            train on CPU and GPU. At inference they run as one grouped
+            convolution, so that every TFLite conversion gets one native
+            CONV_2D.
         bottleneck_multiple: Opt-in speed variant, not the paper's widths:
             rounds each group's bottleneck channels to a multiple of this,
             e.g. 16 to fill XNNPACK's AVX-512 tiles (1x g=3: 143.8 MFLOPs,
