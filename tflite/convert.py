@@ -27,7 +27,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from keras_shufflenet import data  # noqa: E402
 from keras_shufflenet import lite  # noqa: E402
-from keras_shufflenet.lite import rewrite as deploy  # noqa: E402
 from keras_shufflenet.utils.cli import exit_on_errors  # noqa: E402
 
 lite.define_model_flags("to convert")
@@ -115,11 +114,9 @@ def main(argv):
         "logits": _LOGITS.value,
     }
     if _MODE.value == "int8" and _QUANTIZER.value == "ai_edge_quantizer":
-        # The quantizer gets the float model of the integer graph.
+        # The quantizer takes the float model and quantizes it itself.
         float_model = lite.convert(
-            deploy.deployment_model(
-                model, rewrites=deploy.rewrites_for("int8")
-            ),
+            model,
             mode="float32",
             image_size=size,
             logits=_LOGITS.value,

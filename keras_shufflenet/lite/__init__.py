@@ -46,15 +46,13 @@ from keras_shufflenet.lite.inspection import xnnpack_coverage
 from keras_shufflenet.lite.inspection import xnnpack_scale_violations
 from keras_shufflenet.lite.model_flags import define_model_flags
 from keras_shufflenet.lite.model_flags import model_from_flags
+from keras_shufflenet.lite.rewrite import DEFAULT_REWRITES
 from keras_shufflenet.lite.rewrite import GROUPWISE_MAX_GROUPS
 from keras_shufflenet.lite.rewrite import GROUPWISE_MIN_CHANNELS
 from keras_shufflenet.lite.rewrite import GROUPWISE_MIN_VALUES
-from keras_shufflenet.lite.rewrite import INTEGER_REWRITES
 from keras_shufflenet.lite.rewrite import REWRITES
 from keras_shufflenet.lite.rewrite import GroupwiseShuffleUnit
-from keras_shufflenet.lite.rewrite import RowZeroPadding2D
 from keras_shufflenet.lite.rewrite import deployment_model
-from keras_shufflenet.lite.rewrite import rewrites_for
 from keras_shufflenet.lite.saved_model import DEFAULT_NUM_CALIBRATION_IMAGES
 from keras_shufflenet.lite.saved_model import INPUT_NAME
 from keras_shufflenet.lite.saved_model import SIGNATURE_KEY
@@ -64,3 +62,7 @@ from keras_shufflenet.lite.saved_model import input_size
 from keras_shufflenet.lite.saved_model import load_model
 from keras_shufflenet.lite.saved_model import logits_model
 from keras_shufflenet.lite.saved_model import saved_model_input_size
+from keras_shufflenet.lite.standard import ROUTES
+from keras_shufflenet.lite.standard import STANDARD_ROUTES
+from keras_shufflenet.lite.standard import convert_with_tflite_converter
+from keras_shufflenet.lite.standard import export_litert

@@ -203,9 +203,10 @@ def convert(
 ):
     """Converts a Keras model to a builtin-ops-only, batch-1 TFLite model.
 
-    The route is `deployment_model(model)` (with the mode's
-    `rewrites_for`) -> SavedModel with a
-    fixed `(1, height, width, 3)` float32 signature ->
+    The route is `deployment_model(model)` (for a `ShuffleNet`, the
+    model's own graph: `model.export(path, format="litert")` gives the
+    same ops) -> SavedModel with a fixed `(1, height, width, 3)` float32
+    signature ->
     `tf.lite.TFLiteConverter.from_saved_model` with the TFLite builtin op
     set only. A graph needing a Flex (SELECT_TF_OPS) op raises
     `UnsupportedOpError` rather than producing a model that pip LiteRT
@@ -269,7 +270,7 @@ def convert(
         model = logits_model(model)
     with tempfile.TemporaryDirectory() as tmp:
         saved_model_dir = os.path.join(tmp, "saved_model")
-        export_saved_model(model, saved_model_dir, image_size, mode)
+        export_saved_model(model, saved_model_dir, image_size)
         return convert_saved_model(
             saved_model_dir,
             output_path,

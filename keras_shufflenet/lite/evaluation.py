@@ -18,7 +18,6 @@ from keras_shufflenet.lite.inspection import model_bytes
 from keras_shufflenet.lite.inspection import op_name
 from keras_shufflenet.lite.inspection import read_flatbuffer
 from keras_shufflenet.lite.inspection import xnnpack_coverage
-from keras_shufflenet.lite.rewrite import rewrites_for
 from keras_shufflenet.lite.saved_model import export_saved_model
 from keras_shufflenet.lite.saved_model import logits_model
 from keras_shufflenet.utils.checks import check_choice
@@ -328,31 +327,23 @@ def compare_conversions(
     )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        saved_models = {}  # One per set of deployment rewrites.
-
-        def saved_model(mode):
-            rewrites = rewrites_for(mode)
-            if rewrites not in saved_models:
-                path = os.path.join(tmp, f"saved_model_{len(saved_models)}")
-                export_saved_model(logits, path, image_size, mode)
-                saved_models[rewrites] = path
-            return saved_models[rewrites]
+        # Every mode converts the same graph.
+        saved_model = os.path.join(tmp, "saved_model")
+        export_saved_model(logits, saved_model, image_size)
 
         for name in variants:
             kwargs = dict(CONVERSION_VARIANTS[name])
             progress(f"Converting {name}")
             if kwargs.pop("quantizer", None) == "ai_edge_quantizer":
                 # The quantizer takes a float model: the integer graph's.
-                float32 = convert_saved_model(saved_model("int8"))
+                float32 = convert_saved_model(saved_model)
                 tflite = quantize_with_ai_edge_quantizer(
                     float32, calibration_data
                 )
             else:
                 if kwargs["mode"] in ("int8", "int16x8"):
                     kwargs["calibration_data"] = calibration_data
-                tflite = convert_saved_model(
-                    saved_model(kwargs["mode"]), **kwargs
-                )
+                tflite = convert_saved_model(saved_model, **kwargs)
             progress(f"Evaluating {name}")
             outputs = TFLiteModel(tflite, num_threads=num_threads)(images)
             coverage = xnnpack_coverage(tflite)

@@ -2,7 +2,6 @@
 rewritten so that TFLite/LiteRT with XNNPACK runs it as one fast piece.
 """
 
-import math
 
 import keras
 import numpy as np
@@ -11,13 +10,13 @@ from keras import ops
 from keras_shufflenet.models.graph import PerGroupGraph
 from keras_shufflenet.models.graph import fusable_layers
 from keras_shufflenet.models.graph import is_static_normalization
-from keras_shufflenet.models.graph import tiled_rescaling
 from keras_shufflenet.models.layers import PACKAGE
 from keras_shufflenet.models.layers import ChannelShuffle
 from keras_shufflenet.models.layers import set_group_conv_implementation
 from keras_shufflenet.models.layers import shuffle_permutation
+from keras_shufflenet.models.lowering import LOWERINGS
 
-# The exact rewrites `deployment_model` applies, in the order of the docs.
+# The rewrites `deployment_model` knows, in the order of the docs.
 REWRITES = (
     "preprocessing",
     "average_pool",
@@ -25,12 +24,11 @@ REWRITES = (
     "shuffle_after_stride",
     "groupwise_units",
 )
-
-
-# XNNPACK runs the per-group graph slower with int8 activations (1x g=3 at
-# 224x224 on x86: 12%) and with dynamic-range weights (12-18%), so those
-# conversions leave it out.
-INTEGER_REWRITES = tuple(r for r in REWRITES if r != "groupwise_units")
+# The ones `ShuffleNet`'s own layers do at inference (`models.lowering`),
+# so that `model.export` and `TFLiteConverter` give the same graph as
+# `convert`. They are what `deployment_model` applies by default, to bring
+# older models and plain Keras layers to that graph.
+DEFAULT_REWRITES = ("preprocessing", "average_pool", "pool_padding")
 # Which units "groupwise_units" rewrites (`_is_groupwise`), from per-stage
 # float32 measurements at 224x224 on x86: 2x g=3 gains in all three stages
 # (-0.36, -0.47, -0.13 ms), 1x in stage 3 (40 channels per group at 14x14:
@@ -43,68 +41,52 @@ GROUPWISE_MIN_VALUES = 14 * 14 * 40  # Per-group bottleneck values.
 GROUPWISE_MAX_GROUPS = 4
 
 
-def rewrites_for(mode):
-    """The deployment rewrites that speed up a TFLite conversion mode.
-
-    Args:
-        mode: An `export.MODES` mode such as `"float32"` or `"int8"`.
-
-    Returns:
-        `REWRITES` for float32 and float16 models, `INTEGER_REWRITES`
-        otherwise: XNNPACK's int8 and dynamic-range kernels run the
-        per-group graph slower, and int16x8 runs on TFLite's builtin
-        kernels.
-    """
-    return REWRITES if mode in ("float32", "float16") else INTEGER_REWRITES
-
-
 def deployment_model(
-    model, *, group_conv_implementation="grouped", rewrites=REWRITES
+    model, *, group_conv_implementation="grouped", rewrites=DEFAULT_REWRITES
 ):
-    """Returns a copy of `model` rewritten for on-device inference.
+    """Returns a copy of `model` with exactly the chosen deployment rewrites.
 
     Each rewrite computes the same function as the layers it replaces (up
-    to float rounding, about 1e-6) and keeps every tensor at rank 4:
+    to float rounding, about 1e-6) and keeps every tensor at rank 4. The
+    first three are the inference lowerings of `models.lowering`'s layers,
+    which `ShuffleNet` builds with; here they swap a Keras layer for its
+    lowering when listed and back to the plain Keras layer when not, so
+    `rewrites=()` gives the straightforward graph:
 
-    - `"preprocessing"`: a per-channel `Normalization` of an input with a
-      static width becomes `Rescaling(1 / std, -mean / std)` with the
-      constants tiled to `(width, channels)`. XNNPACK runs a broadcast of a
-      3-vector over an image as one tiny kernel call per pixel (0.3-0.6 ms
-      at 224x224 on x86); tiled, it is one call per row (about 20 us).
-    - `"average_pool"`: `AveragePooling2D(k, s, "valid")`, which follows
-      an explicit `ZeroPadding2D` in the stride-2 shortcut (PyTorch's
-      `count_include_pad=True`), becomes a `DepthwiseConv2D(k, s)` with
-      constant weights `1 / k**2`. XNNPACK then fuses the zero padding
-      into the convolution, and int8 models stay delegated: XNNPACK has no
-      int8 AVERAGE_POOL_2D, which split the graph into several pieces.
+    - `"preprocessing"`: a `Normalization` by constant statistics of a
+      channels-last input with static width becomes `ImageNormalization`.
+    - `"average_pool"`: a "valid" `AveragePooling2D` becomes
+      `DepthwiseAveragePooling2D`.
     - `"pool_padding"`: a `ZeroPadding2D` that feeds anything but a
       convolution (which absorbs its padding in XNNPACK), i.e. the one
-      before the 3x3/2 max pool, becomes `RowZeroPadding2D`, which pads
-      the image viewed as rows of `width * channels` values: XNNPACK then
-      copies long rows instead of one short row per pixel, 3x faster.
+      before the stem's max pool, becomes `RowZeroPadding2D`.
+
+    Two more rebuild the graph and are opt-in, because the model itself
+    cannot hold them, so `model.export` would not get them:
+
     - `"shuffle_after_stride"`: in a stride-2 unit, the channel shuffle
       moves from before the 3x3/2 depthwise convolution to after its batch
       norm, on a tensor 4 times smaller. A permutation commutes with
-      per-channel operations once their weights are permuted.
+      per-channel operations once their weights are permuted. Measured:
+      3% of float32 latency for 1x g=3 at 224x224 on x86.
     - `"groupwise_units"`: runs of stride-1 units with wide enough
       per-group bottlenecks (at least `GROUPWISE_MIN_CHANNELS` channels
       and, where the size is static, `GROUPWISE_MIN_VALUES` values) and at
-      most `GROUPWISE_MAX_GROUPS` groups pass their
-      activations on as one tensor per group, and each unit becomes a
-      `GroupwiseShuffleUnit`: its group convolutions are one dense
-      CONV_2D per group on a contiguous tensor, which XNNPACK runs faster
-      than a grouped CONV_2D reading every group in place (float32 1x
-      g=3: 5% less latency, 2x g=3: 8%); its batch norms fold into the
-      kernels. Only the narrow bottleneck is concatenated (for the
-      shuffle) and split again. Float graphs only: see `rewrites_for`.
+      most `GROUPWISE_MAX_GROUPS` groups pass their activations on as one
+      tensor per group, and each unit becomes a `GroupwiseShuffleUnit`:
+      its group convolutions are one dense CONV_2D per group, its batch
+      norms fold into the kernels. Float graphs only: XNNPACK's int8
+      kernels run it slower. Measured: from 0 (1x g=3, 2026-12) to 8%
+      (2x g=3) of float32 latency, depending on the CPU.
 
     Independently, every `PointwiseGroupConv2D` uses
-    `group_conv_implementation`: `"grouped"` (one native grouped CONV_2D,
-    the fastest on XNNPACK), `"split"` or `"dense"`.
+    `group_conv_implementation`, for training and inference: `"grouped"`
+    (one native grouped CONV_2D, the fastest on XNNPACK), `"split"` or
+    `"dense"`.
 
     A model this function returned is returned as it is, so a custom
-    lowering survives export: `export.convert(deployment_model(m,
-    rewrites=()))` converts the straightforward graph.
+    lowering survives export: `convert(deployment_model(m, rewrites=()))`
+    converts the straightforward graph.
 
     Reference:
         Zhang et al., "ShuffleNet", section 3.2 and Figure 2 (the unit),
@@ -116,8 +98,8 @@ def deployment_model(
             to their layers.
         group_conv_implementation: Lowering of the pointwise group
             convolutions. Defaults to `"grouped"`.
-        rewrites: The rewrites to apply, a subset of `REWRITES`. Defaults
-            to all of them.
+        rewrites: The rewrites the copy has, a subset of `REWRITES`.
+            Defaults to `DEFAULT_REWRITES`, the graph `ShuffleNet` has.
 
     Returns:
         A new functional `keras.Model` with copied weights; its
@@ -140,14 +122,7 @@ def deployment_model(
     moves = (
         _shuffle_moves(model) if "shuffle_after_stride" in rewrites else {}
     )
-    rewriter = _Rewriter(
-        preprocessing="preprocessing" in rewrites,
-        average_pool="average_pool" in rewrites,
-        paddings=(
-            _unfused_paddings(model) if "pool_padding" in rewrites else ()
-        ),
-        moves=moves,
-    )
+    rewriter = _Rewriter(_layer_classes(model, rewrites), moves)
     clone = keras.models.clone_model(
         model,
         clone_function=rewriter.clone,
@@ -271,10 +246,8 @@ class _Rewriter:
     moves); `call` calls the copies, replacing layers by equivalent ones.
     """
 
-    def __init__(self, preprocessing, average_pool, paddings, moves):
-        self.preprocessing = preprocessing
-        self.average_pool = average_pool
-        self.paddings = paddings
+    def __init__(self, classes, moves):
+        self.classes = classes
         self.moves = moves
         # Depthwise convs and batch norms whose channels take the inverse
         # shuffle permutation, mapped to the shuffle to apply after.
@@ -309,14 +282,9 @@ class _Rewriter:
         if source in self.moves:
             # Skipped here, applied after the batch norm (below).
             return args[0]
-        if self.preprocessing and is_static_normalization(source):
-            return tiled_rescaling(source)(*args, **kwargs)
-        if self.average_pool and _is_valid_average_pool(source):
-            return _depthwise_average(source)(*args, **kwargs)
-        if source in self.paddings:
-            return RowZeroPadding2D(
-                source.padding, name=source.name
-            )(*args, **kwargs)
+        cls = self.classes.get(source)
+        if cls is not None and type(source) is not cls:
+            return cls.from_config(source.get_config())(*args, **kwargs)
         outputs = layer(*args, **kwargs)
         if source in self.permuted and isinstance(
             source, keras.layers.BatchNormalization
@@ -335,72 +303,23 @@ def _is_valid_average_pool(layer):
     )
 
 
-def _depthwise_average(layer):
-    """`DepthwiseConv2D` with constant weights averaging like `layer`."""
-    pool = tuple(layer.pool_size)
-    channels = layer.input.shape[-1]
-    conv = keras.layers.DepthwiseConv2D(
-        pool,
-        strides=layer.strides,
-        padding="valid",
-        use_bias=False,
-        name=layer.name,
-    )
-    conv.build(layer.input.shape)
-    conv.set_weights(
-        [np.full(pool + (channels, 1), 1.0 / math.prod(pool), "float32")]
-    )
-    conv.trainable = False
-    return conv
-
-
-@keras.saving.register_keras_serializable(package=PACKAGE)
-class RowZeroPadding2D(keras.layers.Layer):
-    """`ZeroPadding2D` computed on the image as rows of `width * channels`.
-
-    The output equals `keras.layers.ZeroPadding2D(padding)`'s for
-    channels-last inputs with static width and channels. The image is
-    reshaped to `(batch, height, width * channels)`, padded, and reshaped
-    back, so that XNNPACK's PAD copies whole rows rather than one
-    `channels`-long row per pixel.
-
-    Args:
-        padding: `((top, bottom), (left, right))`, as `ZeroPadding2D`
-            normalises it.
-        **kwargs: Base layer arguments, such as `name`.
-
-    Example:
-
-    >>> x = keras.ops.ones((1, 4, 4, 3))
-    >>> RowZeroPadding2D(((1, 1), (1, 1)))(x).shape
-    (1, 6, 6, 3)
-    """
-
-    def __init__(self, padding, **kwargs):
-        super().__init__(**kwargs)
-        (top, bottom), (left, right) = padding
-        self.padding = ((int(top), int(bottom)), (int(left), int(right)))
-
-    def call(self, inputs):
-        _, height, width, channels = inputs.shape
-        (top, bottom), (left, right) = self.padding
-        x = keras.ops.reshape(inputs, (-1, height, width * channels))
-        x = keras.ops.pad(
-            x, ((0, 0), (top, bottom), (left * channels, right * channels))
-        )
-        return keras.ops.reshape(
-            x, (-1, height + top + bottom, width + left + right, channels)
-        )
-
-    def compute_output_shape(self, input_shape):
-        batch, height, width, channels = input_shape
-        (top, bottom), (left, right) = self.padding
-        return (batch, height + top + bottom, width + left + right, channels)
-
-    def get_config(self):
-        config = super().get_config()
-        config["padding"] = self.padding
-        return config
+def _layer_classes(model, rewrites):
+    """Maps each layer a lowering rewrite concerns to the class it becomes:
+    its `models.lowering` layer if the rewrite is listed, else the plain
+    Keras layer."""
+    unfused = _unfused_paddings(model)
+    classes = {}
+    for layer in model.layers:
+        if is_static_normalization(layer) and layer.input_mean is not None:
+            rewrite, plain = "preprocessing", keras.layers.Normalization
+        elif _is_valid_average_pool(layer):
+            rewrite, plain = "average_pool", keras.layers.AveragePooling2D
+        elif layer in unfused:
+            rewrite, plain = "pool_padding", keras.layers.ZeroPadding2D
+        else:
+            continue
+        classes[layer] = LOWERINGS[plain] if rewrite in rewrites else plain
+    return classes
 
 
 def _groupwise_units(model):

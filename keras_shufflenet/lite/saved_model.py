@@ -13,7 +13,6 @@ from tensorflow.core.protobuf import saved_model_pb2
 from keras_shufflenet.data.pipeline import InputPipeline
 from keras_shufflenet.data.sources import load_digits_arrays
 from keras_shufflenet.lite.rewrite import deployment_model
-from keras_shufflenet.lite.rewrite import rewrites_for
 from keras_shufflenet.models.loading import load_model as load_shufflenet
 from keras_shufflenet.models.shufflenet import ShuffleNet
 from keras_shufflenet.utils.checks import check_choice
@@ -149,11 +148,10 @@ def input_size(model, image_size=None):
     return size
 
 
-def export_saved_model(model, path, image_size=None, mode="float32"):
+def export_saved_model(model, path, image_size=None):
     """Writes the deployment graph of `model` as a batch-1 SavedModel.
 
-    The graph is `deployment_model(model)` with the rewrites that
-    suit the conversion `mode` (`rewrites_for`) and one signature,
+    The graph is `deployment_model(model)` and one signature,
     `serving_default`, taking float32 `images` of shape
     `(1, height, width, 3)`. The static batch of 1 matters: a dynamic batch
     leaves SHAPE/STRIDED_SLICE/PACK ops in the TFLite graph, outside
@@ -165,16 +163,12 @@ def export_saved_model(model, path, image_size=None, mode="float32"):
         path: Directory to write.
         image_size: Input side or `(height, width)`. Defaults to the
             model's static input size.
-        mode: The conversion mode the SavedModel is for (see `convert`).
-            Defaults to "float32".
 
     Returns:
         `(height, width)` of the exported input.
     """
     size = input_size(model, image_size)
-    deployed = deployment_model(
-        model, rewrites=rewrites_for(mode)
-    )
+    deployed = deployment_model(model)
     spec = tf.TensorSpec((1,) + size + (3,), tf.float32, name=INPUT_NAME)
     deployed.export(
         os.fspath(path),

@@ -104,63 +104,57 @@ def test_keras_applications_model_keeps_its_function():
     assert max_abs_diff(model, deployed, images()) < 5e-6
 
 
-def test_average_pool_becomes_a_depthwise_conv_of_one_ninth():
-    deployed = deploy.deployment_model(tiny())
-    assert not any(
-        isinstance(layer, keras.layers.AveragePooling2D)
-        for layer in deployed.layers
-    )
-    for stage in (2, 3, 4):
-        pool = deployed.get_layer(f"stage{stage}_unit1_shortcut_pool")
-        assert isinstance(pool, keras.layers.DepthwiseConv2D)
-        assert tuple(pool.strides) == (2, 2)
-        (kernel,) = pool.get_weights()
-        assert kernel.shape[:2] == (3, 3)
-        np.testing.assert_allclose(kernel, 1.0 / 9.0, rtol=1e-7)
+LOWERED = {
+    "preprocessing": ks.ImageNormalization,
+    "stage2_unit1_shortcut_pool": ks.DepthwiseAveragePooling2D,
+    "stage3_unit1_shortcut_pool": ks.DepthwiseAveragePooling2D,
+    "pool1_pad": ks.RowZeroPadding2D,
+}
 
 
-def test_normalization_becomes_rescaling_tiled_over_width():
-    deployed = deploy.deployment_model(tiny())
-    layer = deployed.get_layer("preprocessing")
-    assert isinstance(layer, keras.layers.Rescaling)
-    scale = np.asarray(layer.scale)
-    offset = np.asarray(layer.offset)
-    assert scale.shape == offset.shape == (SIZE, 3)
-    std = 255.0 * np.array(ks.models.shufflenet.IMAGENET_STD)
-    mean = 255.0 * np.array(ks.models.shufflenet.IMAGENET_MEAN)
-    np.testing.assert_allclose(scale[5], 1.0 / std, rtol=1e-6)
-    np.testing.assert_allclose(offset[7], -mean / std, rtol=1e-6)
-
-
-def test_max_pool_padding_pads_rows_and_conv_paddings_stay():
+def test_the_default_deployment_graph_is_the_model_s_own():
     model = tiny()
     deployed = deploy.deployment_model(model)
-    pad = deployed.get_layer("pool1_pad")
-    assert isinstance(pad, deploy.RowZeroPadding2D)
-    assert pad.padding == ((1, 1), (1, 1))
+    assert [type(layer) for layer in deployed.layers] == [
+        type(layer) for layer in model.layers
+    ]
+    for name, cls in LOWERED.items():
+        assert type(deployed.get_layer(name)) is cls
+
+
+def test_without_rewrites_the_layers_are_plain_keras_ones():
+    plain = deploy.deployment_model(tiny(), rewrites=())
+    for name, cls in LOWERED.items():
+        assert type(plain.get_layer(name)) is cls.__mro__[1], name
+    # Paddings that feed a convolution never need a lowering.
     for name in ("conv1_pad", "stage2_unit1_dwconv_pad",
                  "stage2_unit1_shortcut_pad"):
-        assert type(deployed.get_layer(name)) is keras.layers.ZeroPadding2D
-    x = np.random.default_rng(3).normal(size=(2, 5, 7, 6)).astype("float32")
-    padding = ((2, 1), (0, 3))
-    np.testing.assert_array_equal(
-        deploy.RowZeroPadding2D(padding)(x),
-        keras.layers.ZeroPadding2D(padding)(x),
-    )
+        assert type(plain.get_layer(name)) is keras.layers.ZeroPadding2D
 
 
-def test_dynamic_width_keeps_the_normalization():
+def test_rewrites_bring_plain_keras_layers_to_the_lowerings():
+    plain = deploy.deployment_model(tiny(), rewrites=())
+    plain.deployment_options = None  # As a model built with plain layers.
+    deployed = deploy.deployment_model(plain)
+    for name, cls in LOWERED.items():
+        assert type(deployed.get_layer(name)) is cls, name
+    x = images()
+    assert max_abs_diff(plain, deployed, x) < 5e-6
+
+
+def test_dynamic_width_keeps_the_normalization_s_broadcast():
     model = tiny(input_shape=(None, None, 3))
     deployed = deploy.deployment_model(model)
-    assert isinstance(
-        deployed.get_layer("preprocessing"), keras.layers.Normalization
-    )
+    layer = deployed.get_layer("preprocessing")
+    assert layer._tiled is None
     x = images(size=48)
     assert max_abs_diff(model, deployed, x) < 5e-6
 
 
 def test_shuffle_moves_after_the_stride_2_depthwise_conv_only():
-    deployed = deploy.deployment_model(tiny())
+    deployed = deploy.deployment_model(
+        tiny(), rewrites=("shuffle_after_stride",)
+    )
     for stage in (2, 3, 4):
         unit1 = f"stage{stage}_unit1"
         shuffle = deployed.get_layer(f"{unit1}_shuffle")
@@ -183,7 +177,7 @@ def test_a_deployment_model_is_not_rewritten_again():
 
 def test_deployment_model_round_trips_through_a_safe_keras_file(tmp_path):
     model = tiny()
-    deployed = deploy.deployment_model(model)
+    deployed = deploy.deployment_model(model, rewrites=deploy.REWRITES)
     path = tmp_path / "deployed.keras"
     deployed.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
@@ -194,21 +188,6 @@ def test_deployment_model_round_trips_through_a_safe_keras_file(tmp_path):
 def test_bad_rewrite_name_is_refused():
     with pytest.raises(ValueError, match="Received unknown rewrites"):
         deploy.deployment_model(tiny(), rewrites=("fold_everything",))
-
-
-def test_converted_float32_graph_has_no_pool_sub_or_standalone_relu():
-    tflite = lite.convert(tiny(classifier_activation="softmax"))
-    ops = collections.Counter(lite.op_list(tflite))
-    # The shortcut pools are depthwise convs; the branch ReLU and every
-    # batch norm fold into convolutions; the normalisation is one MUL+ADD.
-    assert "AVERAGE_POOL_2D" not in ops
-    assert "RELU" not in ops and "SUB" not in ops
-    assert ops["DEPTHWISE_CONV_2D"] == 16 + 3
-    assert ops["TRANSPOSE"] == 16
-    assert ops["CONV_2D"] == 1 + 2 * 16
-    report = lite.model_report(tflite)
-    assert report["max_tensor_rank"] == 4
-    assert report["xnnpack"]["pieces"] == 1
 
 
 def wide(**kwargs):
@@ -231,6 +210,7 @@ def groupwise_units(model):
     ]
 
 
+GROUPWISE = deploy.DEFAULT_REWRITES + ("groupwise_units",)
 WIDE_UNITS = [f"stage3_unit{u}_groupwise" for u in range(2, 9)] + [
     f"stage4_unit{u}_groupwise" for u in (2, 3, 4)
 ]
@@ -263,7 +243,7 @@ def test_groupwise_units_go_where_they_were_measured_faster(
     # 20 channels per group, stage 4 is 7x7), 0.5x nowhere; g=8 nowhere,
     # XNNPACK would not delegate the 8-way SPLIT and CONCATENATION.
     model = ks.ShuffleNet(scale, groups, input_shape=(224, 224, 3))
-    deployed = deploy.deployment_model(model)
+    deployed = deploy.deployment_model(model, rewrites=GROUPWISE)
     units = {2: range(2, 5), 3: range(2, 9), 4: range(2, 5)}
     assert groupwise_units(deployed) == [
         f"stage{stage}_unit{u}_groupwise"
@@ -274,7 +254,7 @@ def test_groupwise_units_go_where_they_were_measured_faster(
 
 def test_groupwise_unit_folds_batch_norms_into_per_group_kernels(any_size):
     model = wide()
-    deployed = deploy.deployment_model(model)
+    deployed = deploy.deployment_model(model, rewrites=GROUPWISE)
     unit = deployed.get_layer("stage3_unit2_groupwise")
     assert (unit.groups, unit.bottleneck) == (3, 120)
     norm = model.get_layer("stage3_unit2_gconv1_bn")
@@ -296,7 +276,7 @@ def test_groupwise_unit_folds_batch_norms_into_per_group_kernels(any_size):
 def test_groupwise_deployment_round_trips_through_a_safe_keras_file(
     tmp_path, any_size
 ):
-    deployed = deploy.deployment_model(wide())
+    deployed = deploy.deployment_model(wide(), rewrites=GROUPWISE)
     path = tmp_path / "deployed.keras"
     deployed.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
@@ -315,35 +295,24 @@ def test_groupwise_unit_needs_a_bottleneck_divisible_by_groups():
         unit.build([(1, 4, 4, 8)] * 2)
 
 
-def test_only_float_conversions_get_the_groupwise_graph(any_size):
-    assert "groupwise_units" in deploy.rewrites_for("float32")
-    assert "groupwise_units" in deploy.rewrites_for("float16")
-    for mode in ("dynamic", "int8", "int16x8"):
-        assert deploy.rewrites_for(mode) == deploy.INTEGER_REWRITES
+def test_only_an_opt_in_converts_to_the_groupwise_graph(any_size):
+    # The default graph, the model's own, has no SPLIT: see
+    # tests/lite/test_standard_routes.py.
     model = wide(classifier_activation="softmax")
-    float32 = collections.Counter(lite.op_list(lite.convert(model)))
+    deployed = deploy.deployment_model(model, rewrites=GROUPWISE)
+    tflite = lite.convert(deployed)
+    ops = collections.Counter(lite.op_list(tflite))
     # Per unit: 3 + 3 dense CONV_2Ds; the bottleneck is split once per
     # unit, the wide activations once per stage.
-    assert float32["SPLIT"] == 10 + 2
-    assert float32["CONV_2D"] == 1 + 2 * 6 + 6 * 10
-    rng = np.random.default_rng(0)
-    calibration = rng.uniform(0, 255, (4, SIZE, SIZE, 3)).astype("float32")
-    int8 = lite.convert(
-        model, mode="int8", calibration_data=calibration, logits=True
-    )
-    ops = collections.Counter(lite.op_list(int8))
-    assert "SPLIT" not in ops
-    assert ops["CONV_2D"] == 1 + 2 * 16
-    assert lite.xnnpack_coverage(int8)["pieces"] == 1
+    assert ops["SPLIT"] == 10 + 2
+    assert ops["CONV_2D"] == 1 + 2 * 6 + 6 * 10
+    assert lite.xnnpack_coverage(tflite)["pieces"] == 1
 
 
 def test_logits_of_a_deployment_graph_are_not_rewritten_again(any_size):
-    deployed = deploy.deployment_model(wide(classifier_activation="softmax"))
+    deployed = deploy.deployment_model(
+        wide(classifier_activation="softmax"), rewrites=GROUPWISE
+    )
     logits = lite.logits_model(deployed)
     assert logits.deployment_options == deployed.deployment_options
     assert deploy.deployment_model(logits) is logits
-
-
-def test_eight_groups_stay_one_xnnpack_piece(any_size):
-    tflite = lite.convert(wide(groups=8))
-    assert lite.xnnpack_coverage(tflite)["pieces"] == 1

@@ -135,14 +135,16 @@ def test_float32_matches_keras_logits_within_1e4(converted, images,
     assert result["top1_agreement"] == 1.0
 
 
-def test_float32_matches_keras_for_g8_se_and_writes_the_file(images,
-                                                             tmp_path):
+def test_float32_of_a_dynamic_size_model_matches_keras_and_writes_the_file(
+    images, tmp_path
+):
     keras.utils.set_random_seed(1)
+    # (g8 and SE at a static size: tests/lite/test_standard_routes.py.)
     model = ShuffleNet(
-        0.25, 8, se=True, input_shape=(None, None, 3), classes=CLASSES,
+        0.25, 8, shallow=True, input_shape=(None, None, 3), classes=CLASSES,
         classifier_activation=None,
     )
-    path = tmp_path / "out" / "g8_se.tflite"
+    path = tmp_path / "out" / "g8_shallow.tflite"
     tflite = lite.convert(model, path, image_size=SIZE)
     assert path.read_bytes() == tflite
     reference = model.predict(images[:8].astype(np.float32), verbose=0)
