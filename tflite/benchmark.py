@@ -7,6 +7,10 @@ them interleaved and writes benchmark.{md,csv,json,png} to --output_dir.
   python tflite/benchmark.py --num_runs_large=20          # all of Table 8
   python tflite/benchmark.py --models= --tflite=my.tflite --num_threads=4
   python tflite/benchmark.py --profile=shufflenet_1.0x_g3  # per block
+
+Every ShuffleNet is also converted the two standard ways (--routes), rows
+suffixed [model.export] and [TFLiteConverter], to show that they give the
+same graph and latency as keras_shufflenet's converter.
 """
 
 import os
@@ -38,13 +42,27 @@ _BASELINE = flags.DEFINE_bool(
     "baseline",
     False,
     "Also time each ShuffleNet converted straightforwardly (native grouped "
-    "convs, no deployment rewrites), suffixed [straightforward].",
+    "convs, plain Keras layers, no rewrites), suffixed [straightforward].",
 )
 _WITHOUT_REWRITES = flags.DEFINE_list(
     "without_rewrites",
     [],
-    "Also time each ShuffleNet with one of these deployment rewrites "
-    "left out, suffixed [-REWRITE], to measure what each gives.",
+    "Also time each ShuffleNet with one of the default rewrites (its "
+    "layers' lowerings: preprocessing, average_pool, pool_padding) left "
+    "out, suffixed [-REWRITE], to measure what each gives.",
+)
+_WITH_REWRITES = flags.DEFINE_list(
+    "with_rewrites",
+    [],
+    "Also time each ShuffleNet with one of the opt-in rewrites "
+    "(shuffle_after_stride, groupwise_units) added, suffixed [+REWRITE].",
+)
+_ROUTES = flags.DEFINE_list(
+    "routes",
+    list(benchmark.ROUTE_SUFFIXES),
+    "Standard conversions each ShuffleNet also gets a row for: "
+    "litert_export (model.export(format='litert'), dynamic batch) and "
+    "tflite_converter (SavedModel + tf.lite.TFLiteConverter).",
 )
 _RESOLUTIONS = flags.DEFINE_list(
     "resolutions", list(benchmark.RESOLUTIONS), "HEIGHTxWIDTH sizes."
@@ -137,13 +155,20 @@ def main(argv):
         spec for spec in specs
         if spec.family == "shufflenet" and spec.deployment is None
     ]
-    for rewrite in _WITHOUT_REWRITES.value:
+    variants = [
+        (_WITHOUT_REWRITES, benchmark.without_rewrite),
+        (_WITH_REWRITES, benchmark.with_rewrite),
+        (_ROUTES, benchmark.with_route),
+    ]
+    for flag, variant in variants:
         try:
             specs += [
-                benchmark.without_rewrite(spec, rewrite) for spec in shufflenets
+                variant(spec, value)
+                for value in flag.value
+                for spec in shufflenets
             ]
         except ValueError as e:
-            raise app.UsageError(f"--without_rewrites: {e}") from None
+            raise app.UsageError(f"--{flag.name}: {e}") from None
     specs += [benchmark.tflite_spec(path) for path in _TFLITE.value]
     large = {
         name: _NUM_RUNS_LARGE.value

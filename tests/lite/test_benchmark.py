@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 import keras_shufflenet as ks
+from keras_shufflenet import lite
 from keras_shufflenet.lite import benchmark
 from keras_shufflenet.lite import rewrite as deploy
 from keras_shufflenet.lite.benchmark import latency
@@ -110,36 +111,65 @@ def test_any_shufflenet_is_named_by_scale_and_groups():
     assert model.get_layer("stage2_unit2_gconv1").groups == 1
 
 
-def test_without_rewrite_leaves_exactly_one_rewrite_out():
-    spec = benchmark.without_rewrite(
-        benchmark.shufflenet_spec(1.0, 3), "groupwise_units"
+def test_without_and_with_rewrite_change_exactly_one_rewrite():
+    spec = benchmark.shufflenet_spec(1.0, 3)
+    without = benchmark.without_rewrite(spec, "preprocessing")
+    assert without.name == "shufflenet_1.0x_g3[-preprocessing]"
+    assert dict(without.deployment)["rewrites"] == (
+        "average_pool", "pool_padding"
     )
-    assert spec.name == "shufflenet_1.0x_g3[-groupwise_units]"
-    assert dict(spec.deployment)["rewrites"] == deploy.INTEGER_REWRITES
+    added = benchmark.with_rewrite(spec, "groupwise_units")
+    assert added.name == "shufflenet_1.0x_g3[+groupwise_units]"
+    assert dict(added.deployment)["rewrites"] == (
+        deploy.DEFAULT_REWRITES + ("groupwise_units",)
+    )
     with pytest.raises(ValueError, match="'fold_all' is not one of"):
         benchmark.without_rewrite(spec, "fold_all")
+    with pytest.raises(ValueError, match="'preprocessing' is not one of"):
+        benchmark.with_rewrite(spec, "preprocessing")
 
 
-def test_a_spec_s_rewrites_are_limited_to_those_its_mode_takes(
-    tmp_path, monkeypatch
-):
+def test_each_route_converts_with_its_own_function(tmp_path, monkeypatch):
     calls = []
 
     def convert(model, path, **kwargs):
-        calls.append((kwargs["mode"], model.deployment_options["rewrites"]))
+        calls.append(("keras_shufflenet", kwargs["mode"]))
+
+    def standard(route):
+        def convert(model, path, mode, calibration_data):
+            assert (calibration_data is None) == (mode == "float32")
+            calls.append((route, mode))
+        return convert
 
     monkeypatch.setattr(latency, "convert", convert)
-    spec = benchmark.with_deployment(
-        benchmark.shufflenet_spec(0.5, 3), "[all]", rewrites=deploy.REWRITES
+    monkeypatch.setattr(
+        latency,
+        "STANDARD_ROUTES",
+        {route: standard(route) for route in benchmark.ROUTE_SUFFIXES},
     )
-    for mode in ("float32", "int8"):
-        benchmark.convert_cached(
-            spec, (64, 64), mode, tmp_path, num_calibration_images=1
-        )
-    assert calls == [
-        ("float32", deploy.REWRITES),
-        ("int8", deploy.INTEGER_REWRITES),
+    spec = benchmark.shufflenet_spec(0.5, 3)
+    specs = [spec] + [
+        benchmark.with_route(spec, route) for route in benchmark.ROUTE_SUFFIXES
     ]
+    assert [s.name for s in specs[1:]] == [
+        "shufflenet_0.5x_g3[model.export]",
+        "shufflenet_0.5x_g3[TFLiteConverter]",
+    ]
+    for s in specs:
+        for mode in ("float32", "int8"):
+            benchmark.convert_cached(
+                s, (64, 64), mode, tmp_path, num_calibration_images=1
+            )
+    assert calls == [
+        (route, mode)
+        for route in lite.ROUTES
+        for mode in ("float32", "int8")
+    ]
+    with pytest.raises(ValueError, match="`route` must be one of"):
+        benchmark.with_route(spec, "onnx")
+
+
+def test_a_user_tflite_spec_is_checked(tmp_path):
     with pytest.raises(ValueError, match="Expected a .tflite"):
         benchmark.tflite_spec("model.onnx")
     with pytest.raises(FileNotFoundError, match="missing.tflite"):

@@ -26,6 +26,7 @@ from keras_shufflenet.lite.benchmark.reporting import results_json
 from keras_shufflenet.lite.benchmark.reporting import write_outputs
 from keras_shufflenet.lite.benchmark.specs import PEERS
 from keras_shufflenet.lite.benchmark.specs import RESOLUTIONS
+from keras_shufflenet.lite.benchmark.specs import ROUTE_SUFFIXES
 from keras_shufflenet.lite.benchmark.specs import SHUFFLENETS
 from keras_shufflenet.lite.benchmark.specs import ModelSpec
 from keras_shufflenet.lite.benchmark.specs import default_models
@@ -34,6 +35,8 @@ from keras_shufflenet.lite.benchmark.specs import parse_resolution
 from keras_shufflenet.lite.benchmark.specs import shufflenet_spec
 from keras_shufflenet.lite.benchmark.specs import tflite_spec
 from keras_shufflenet.lite.benchmark.specs import with_deployment
+from keras_shufflenet.lite.benchmark.specs import with_rewrite
+from keras_shufflenet.lite.benchmark.specs import with_route
 from keras_shufflenet.lite.benchmark.specs import without_rewrite
 from keras_shufflenet.lite.benchmark.timing import DEFAULT_LAYOUTS
 from keras_shufflenet.lite.benchmark.timing import DEFAULT_NUM_RUNS

@@ -27,7 +27,7 @@ from keras_shufflenet.lite.conversion import convert
 from keras_shufflenet.lite.inspection import op_list
 from keras_shufflenet.lite.inspection import xnnpack_coverage
 from keras_shufflenet.lite.rewrite import deployment_model
-from keras_shufflenet.lite.rewrite import rewrites_for
+from keras_shufflenet.lite.standard import STANDARD_ROUTES
 from keras_shufflenet.models.complexity import complexity
 from keras_shufflenet.utils.timing import timing_stats
 from keras_shufflenet.version import __version__
@@ -39,7 +39,7 @@ DEFAULT_CALIBRATION_IMAGES = 8
 # changing them.
 _SOURCES = (
     "lite/rewrite.py", "models/graph.py", "models/layers.py",
-    "models/shufflenet.py",
+    "models/shufflenet.py", "models/lowering.py", "lite/standard.py",
 )
 _PACKAGE_DIR = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,24 +129,26 @@ def convert_cached(spec, resolution, mode, cache_dir,
         progress(f"converting {spec.name} at {height}x{width} to {mode} ...")
     start = time.perf_counter()
     model = spec.build((height, width, 3), logits=mode == "int8")
+    calibration = (
+        calibration_images(resolution, num_calibration_images)
+        if mode == "int8" else None
+    )
+    if spec.route in STANDARD_ROUTES:
+        STANDARD_ROUTES[spec.route](model, path, mode, calibration)
+        return _converted(spec, path, start, progress)
     if spec.deployment is not None:
-        deployment = dict(spec.deployment)
-        if "rewrites" in deployment:  # Only those the mode takes.
-            deployment["rewrites"] = tuple(
-                r for r in deployment["rewrites"]
-                if r in rewrites_for(mode)
-            )
-        model = deployment_model(model, **deployment)
+        model = deployment_model(model, **dict(spec.deployment))
     convert(
         model,
         path,
         mode=mode,
-        calibration_data=(
-            calibration_images(resolution, num_calibration_images)
-            if mode == "int8" else None
-        ),
+        calibration_data=calibration,
         num_calibration_images=num_calibration_images,
     )
+    return _converted(spec, path, start, progress)
+
+
+def _converted(spec, path, start, progress):
     if progress:
         progress(
             f"  converted {spec.name} in {time.perf_counter() - start:.0f} s"

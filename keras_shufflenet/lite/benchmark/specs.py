@@ -7,11 +7,13 @@ import os
 
 import keras
 
+from keras_shufflenet.lite.rewrite import DEFAULT_REWRITES
 from keras_shufflenet.lite.rewrite import REWRITES
 from keras_shufflenet.models.naming import parse_variant_name
 from keras_shufflenet.models.naming import variant_name
 from keras_shufflenet.models.shufflenet import ShuffleNet
 from keras_shufflenet.models.shufflenet import shufflenet_widths
+from keras_shufflenet.utils.checks import check_choice
 
 # Table 8's three input resolutions, (height, width).
 RESOLUTIONS = {
@@ -36,6 +38,9 @@ class ModelSpec:
             deployment graph).
         path: For a user `.tflite`, its path (its resolution and mode are
             the file's). Defaults to None.
+        route: How a Keras model is converted, one of `ROUTES`: this
+            package's `convert` or a standard conversion (`lite.standard`).
+            Defaults to `"keras_shufflenet"`.
     """
     name: str
     family: str
@@ -43,6 +48,7 @@ class ModelSpec:
     kwargs: tuple = ()
     deployment: tuple = None
     path: str = None
+    route: str = "keras_shufflenet"
 
     def build(self, input_shape, logits):
         return self.builder(input_shape, logits)
@@ -106,23 +112,65 @@ def with_deployment(spec, suffix, **deployment):
 
 
 def without_rewrite(spec, rewrite):
-    """A copy of `spec` exported with one deployment rewrite left out.
+    """A copy of `spec` exported with one default rewrite left out: its
+    layers back to the plain Keras ones, to measure what the lowering gives.
 
     Args:
         spec: A Keras `ModelSpec` with the default deployment graph.
-        rewrite: A name in `REWRITES`.
+        rewrite: A name in `DEFAULT_REWRITES`.
 
     Returns:
-        A `ModelSpec` named like `"shufflenet_1.0x_g3[-groupwise_units]"`.
+        A `ModelSpec` named like `"shufflenet_1.0x_g3[-preprocessing]"`.
     """
-    if rewrite not in REWRITES:
+    if rewrite not in DEFAULT_REWRITES:
         raise ValueError(
-            f"{rewrite!r} is not one of {', '.join(REWRITES)}."
+            f"{rewrite!r} is not one of {', '.join(DEFAULT_REWRITES)}."
         )
     return with_deployment(
         spec,
         f"[-{rewrite}]",
-        rewrites=tuple(r for r in REWRITES if r != rewrite),
+        rewrites=tuple(r for r in DEFAULT_REWRITES if r != rewrite),
+    )
+
+
+def with_rewrite(spec, rewrite):
+    """A copy of `spec` exported with one opt-in rewrite added.
+
+    Args:
+        spec: A Keras `ModelSpec` with the default deployment graph.
+        rewrite: A name in `REWRITES` but not in `DEFAULT_REWRITES`.
+
+    Returns:
+        A `ModelSpec` named like `"shufflenet_1.0x_g3[+groupwise_units]"`.
+    """
+    optional = tuple(r for r in REWRITES if r not in DEFAULT_REWRITES)
+    if rewrite not in optional:
+        raise ValueError(f"{rewrite!r} is not one of {', '.join(optional)}.")
+    return with_deployment(
+        spec, f"[+{rewrite}]", rewrites=DEFAULT_REWRITES + (rewrite,)
+    )
+
+
+# Row suffixes of the standard conversions.
+ROUTE_SUFFIXES = {
+    "litert_export": "[model.export]",
+    "tflite_converter": "[TFLiteConverter]",
+}
+
+
+def with_route(spec, route):
+    """A copy of `spec` converted by a standard route (see `ROUTES`).
+
+    Args:
+        spec: A Keras `ModelSpec`.
+        route: `"litert_export"` or `"tflite_converter"`.
+
+    Returns:
+        A `ModelSpec` named like `"shufflenet_1.0x_g3[model.export]"`.
+    """
+    check_choice("route", route, tuple(ROUTE_SUFFIXES))
+    return dataclasses.replace(
+        spec, name=spec.name + ROUTE_SUFFIXES[route], route=route
     )
 
 
