@@ -66,3 +66,6 @@ from keras_shufflenet.lite.standard import ROUTES
 from keras_shufflenet.lite.standard import STANDARD_ROUTES
 from keras_shufflenet.lite.standard import convert_with_tflite_converter
 from keras_shufflenet.lite.standard import export_litert
+
+# Moved to `models.lowering`; kept here for older imports.
+from keras_shufflenet.models.lowering import RowZeroPadding2D
