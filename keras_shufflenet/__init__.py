@@ -26,9 +26,12 @@ from keras_shufflenet.models.layers import PointwiseGroupConv2D
 from keras_shufflenet.models.layers import set_group_conv_implementation
 from keras_shufflenet.models.layers import shuffle_permutation
 from keras_shufflenet.models.loading import load_weights
+from keras_shufflenet.models.lowering import DeferredChannelShuffle
 from keras_shufflenet.models.lowering import DepthwiseAveragePooling2D
 from keras_shufflenet.models.lowering import ImageNormalization
+from keras_shufflenet.models.lowering import PermutedDepthwiseConv2D
 from keras_shufflenet.models.lowering import RowZeroPadding2D
+from keras_shufflenet.models.lowering import ShufflingBatchNormalization
 from keras_shufflenet.models.shufflenet import OFFICIAL_WIDTHS
 from keras_shufflenet.models.shufflenet import ShuffleNet
 from keras_shufflenet.models.shufflenet import feature_extractor

@@ -13,8 +13,10 @@ from keras_shufflenet.models.graph import is_static_normalization
 from keras_shufflenet.models.layers import PACKAGE
 from keras_shufflenet.models.layers import ChannelShuffle
 from keras_shufflenet.models.layers import set_group_conv_implementation
-from keras_shufflenet.models.layers import shuffle_permutation
 from keras_shufflenet.models.lowering import LOWERINGS
+from keras_shufflenet.models.lowering import DeferredChannelShuffle
+from keras_shufflenet.models.lowering import PermutedDepthwiseConv2D
+from keras_shufflenet.models.lowering import ShufflingBatchNormalization
 
 # The rewrites `deployment_model` knows, in the order of the docs.
 REWRITES = (
@@ -28,7 +30,11 @@ REWRITES = (
 # so that `model.export` and `TFLiteConverter` give the same graph as
 # `convert`. They are what `deployment_model` applies by default, to bring
 # older models and plain Keras layers to that graph.
-DEFAULT_REWRITES = ("preprocessing", "average_pool", "pool_padding")
+DEFAULT_REWRITES = (
+    "preprocessing", "average_pool", "pool_padding", "shuffle_after_stride"
+)
+# The config keys the stride-2 lowerings add to their Keras layers'.
+SHUFFLE_CONFIG = ("shuffle_groups", "shuffle_order")
 # Which units "groupwise_units" rewrites (`_is_groupwise`), from per-stage
 # float32 measurements at 224x224 on x86: 2x g=3 gains in all three stages
 # (-0.36, -0.47, -0.13 ms), 1x in stage 3 (40 channels per group at 14x14:
@@ -48,10 +54,10 @@ def deployment_model(
 
     Each rewrite computes the same function as the layers it replaces (up
     to float rounding, about 1e-6) and keeps every tensor at rank 4. The
-    first three are the inference lowerings of `models.lowering`'s layers,
-    which `ShuffleNet` builds with; here they swap a Keras layer for its
-    lowering when listed and back to the plain Keras layer when not, so
-    `rewrites=()` gives the straightforward graph:
+    first four are the inference lowerings of `models.lowering`'s layers,
+    which `ShuffleNet` builds with; here they swap Keras layers for their
+    lowerings (same config and weights) when listed and back to the plain
+    Keras layers when not, so `rewrites=()` gives the straightforward graph:
 
     - `"preprocessing"`: a `Normalization` by constant statistics of a
       channels-last input with static width becomes `ImageNormalization`.
@@ -60,15 +66,15 @@ def deployment_model(
     - `"pool_padding"`: a `ZeroPadding2D` that feeds anything but a
       convolution (which absorbs its padding in XNNPACK), i.e. the one
       before the stem's max pool, becomes `RowZeroPadding2D`.
+    - `"shuffle_after_stride"`: a stride-2 unit's `ChannelShuffle`, 3x3/2
+      `DepthwiseConv2D` and batch norm become `DeferredChannelShuffle`,
+      `PermutedDepthwiseConv2D` and `ShufflingBatchNormalization`, which
+      move the shuffle after the batch norm at inference, on a tensor 4
+      times smaller.
 
-    Two more rebuild the graph and are opt-in, because the model itself
-    cannot hold them, so `model.export` would not get them:
+    One more rebuilds the graph and is opt-in, because a model cannot hold
+    it, so `model.export` would not get it:
 
-    - `"shuffle_after_stride"`: in a stride-2 unit, the channel shuffle
-      moves from before the 3x3/2 depthwise convolution to after its batch
-      norm, on a tensor 4 times smaller. A permutation commutes with
-      per-channel operations once their weights are permuted. Measured:
-      3% of float32 latency for 1x g=3 at 224x224 on x86.
     - `"groupwise_units"`: runs of stride-1 units with wide enough
       per-group bottlenecks (at least `GROUPWISE_MIN_CHANNELS` channels
       and, where the size is static, `GROUPWISE_MIN_VALUES` values) and at
@@ -76,8 +82,8 @@ def deployment_model(
       tensor per group, and each unit becomes a `GroupwiseShuffleUnit`:
       its group convolutions are one dense CONV_2D per group, its batch
       norms fold into the kernels. Float graphs only: XNNPACK's int8
-      kernels run it slower. Measured: from 0 (1x g=3, 2026-12) to 8%
-      (2x g=3) of float32 latency, depending on the CPU.
+      kernels run it slower. Measured: 0 (1x and 0.5x g=3 on an AVX2 x86
+      CPU, 2026-12) to 8% (2x g=3 on AVX-512) of float32 latency.
 
     Independently, every `PointwiseGroupConv2D` uses
     `group_conv_implementation`, for training and inference: `"grouped"`
@@ -119,10 +125,7 @@ def deployment_model(
             "`model` must be a functional keras.Model. "
             f"Received: {type(model).__name__}"
         )
-    moves = (
-        _shuffle_moves(model) if "shuffle_after_stride" in rewrites else {}
-    )
-    rewriter = _Rewriter(_layer_classes(model, rewrites), moves)
+    rewriter = _Rewriter(_layer_classes(model, rewrites))
     clone = keras.models.clone_model(
         model,
         clone_function=rewriter.clone,
@@ -240,57 +243,36 @@ def _shuffle_moves(model):
 
 
 class _Rewriter:
-    """`clone_model` callbacks that apply the rewrites layer by layer.
+    """`clone_model` callbacks: `clone` copies each layer with its weights;
+    `call` calls the copies, swapping a layer for the class `classes`
+    gives it (`_layer_classes`), with the same config and weights."""
 
-    `clone` copies each layer with its weights (permuted where a shuffle
-    moves); `call` calls the copies, replacing layers by equivalent ones.
-    """
-
-    def __init__(self, classes, moves):
+    def __init__(self, classes):
         self.classes = classes
-        self.moves = moves
-        # Depthwise convs and batch norms whose channels take the inverse
-        # shuffle permutation, mapped to the shuffle to apply after.
-        self.permuted = {}
-        for shuffle, (conv, norm) in moves.items():
-            self.permuted[conv] = shuffle
-            self.permuted[norm] = shuffle
         self.source = {}  # Copy -> original layer.
-        self.shuffle_copies = {}  # Original shuffle -> its copy.
 
     def clone(self, layer):
         if not isinstance(layer, keras.layers.Layer):
             return layer  # A stateless op such as `x + y` in the graph.
-        weights = None
-        if layer in self.permuted:
-            shuffle = self.permuted[layer]
-            channels = shuffle.input.shape[-1]
-            perm = shuffle_permutation(channels, shuffle.groups, shuffle.order)
-            inverse = np.argsort(perm)
-            weights = [
-                np.take(w, inverse, axis=2 if w.ndim == 4 else 0)
-                for w in layer.get_weights()
-            ]
-        copy = _copy_layer(layer, weights)
+        copy = _copy_layer(layer)
         self.source[copy] = layer
-        if layer in self.moves:
-            self.shuffle_copies[layer] = copy
         return copy
 
     def call(self, layer, *args, **kwargs):
         source = self.source.get(layer)
-        if source in self.moves:
-            # Skipped here, applied after the batch norm (below).
-            return args[0]
-        cls = self.classes.get(source)
-        if cls is not None and type(source) is not cls:
-            return cls.from_config(source.get_config())(*args, **kwargs)
-        outputs = layer(*args, **kwargs)
-        if source in self.permuted and isinstance(
-            source, keras.layers.BatchNormalization
-        ):
-            shuffle = self.shuffle_copies[self.permuted[source]]
-            outputs = shuffle(outputs)
+        if source not in self.classes:
+            return layer(*args, **kwargs)
+        cls, extra = self.classes[source]
+        if type(source) is cls:
+            return layer(*args, **kwargs)
+        config = {
+            k: v for k, v in source.get_config().items()
+            if k not in SHUFFLE_CONFIG
+        }
+        swapped = cls.from_config({**config, **extra})
+        outputs = swapped(*args, **kwargs)
+        if source.weights:
+            swapped.set_weights(source.get_weights())
         return outputs
 
 
@@ -304,9 +286,9 @@ def _is_valid_average_pool(layer):
 
 
 def _layer_classes(model, rewrites):
-    """Maps each layer a lowering rewrite concerns to the class it becomes:
-    its `models.lowering` layer if the rewrite is listed, else the plain
-    Keras layer."""
+    """Maps each layer a lowering rewrite concerns to `(class, extra
+    config)`: its `models.lowering` layer if the rewrite is listed, else
+    the plain Keras layer."""
     unfused = _unfused_paddings(model)
     classes = {}
     for layer in model.layers:
@@ -318,7 +300,19 @@ def _layer_classes(model, rewrites):
             rewrite, plain = "pool_padding", keras.layers.ZeroPadding2D
         else:
             continue
-        classes[layer] = LOWERINGS[plain] if rewrite in rewrites else plain
+        lowered = rewrite in rewrites
+        classes[layer] = (LOWERINGS[plain] if lowered else plain, {})
+    lowered = "shuffle_after_stride" in rewrites
+    for shuffle, (conv, norm) in _shuffle_moves(model).items():
+        extra = {"shuffle_groups": shuffle.groups, "shuffle_order": shuffle.order}
+        if lowered:
+            classes[shuffle] = (DeferredChannelShuffle, {})
+            classes[conv] = (PermutedDepthwiseConv2D, extra)
+            classes[norm] = (ShufflingBatchNormalization, extra)
+        else:
+            classes[shuffle] = (ChannelShuffle, {})
+            classes[conv] = (keras.layers.DepthwiseConv2D, {})
+            classes[norm] = (keras.layers.BatchNormalization, {})
     return classes
 
 

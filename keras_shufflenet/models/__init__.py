@@ -37,9 +37,12 @@ from keras_shufflenet.models.layers import shuffle_permutation
 from keras_shufflenet.models.loading import load_model
 from keras_shufflenet.models.loading import load_weights
 from keras_shufflenet.models.lowering import LOWERINGS
+from keras_shufflenet.models.lowering import DeferredChannelShuffle
 from keras_shufflenet.models.lowering import DepthwiseAveragePooling2D
 from keras_shufflenet.models.lowering import ImageNormalization
+from keras_shufflenet.models.lowering import PermutedDepthwiseConv2D
 from keras_shufflenet.models.lowering import RowZeroPadding2D
+from keras_shufflenet.models.lowering import ShufflingBatchNormalization
 from keras_shufflenet.models.naming import parse_variant_name
 from keras_shufflenet.models.naming import variant_name
 from keras_shufflenet.models.pretrained import OFFICIAL_BAIDUYUN

@@ -88,6 +88,23 @@ def shuffle_permutation(channels, groups, order="paper"):
     )
 
 
+def channel_shuffle(inputs, groups, order="paper", data_format="channels_last"):
+    """`ChannelShuffle`'s computation on a rank-4 tensor (section 3.1)."""
+    channels_last = data_format == "channels_last"
+    shape = _reshape_target(inputs)
+    channels = shape[-1] if channels_last else shape[1]
+    n = channels // groups
+    # The channel axis splits into (a, b) and becomes (b, a).
+    a, b = (groups, n) if order == "paper" else (n, groups)
+    if channels_last:
+        x = ops.reshape(inputs, (shape[0], shape[1] * shape[2], a, b))
+        x = ops.transpose(x, (0, 1, 3, 2))
+    else:
+        x = ops.reshape(inputs, (shape[0], a, b, shape[2] * shape[3]))
+        x = ops.transpose(x, (0, 2, 1, 3))
+    return ops.reshape(x, shape)
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class ChannelShuffle(keras.layers.Layer):
     """Channel shuffle (ShuffleNet section 3.1, Figure 1c).
@@ -150,19 +167,7 @@ class ChannelShuffle(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs):
-        channels_last = self.data_format == "channels_last"
-        shape = _reshape_target(inputs)
-        channels = shape[-1] if channels_last else shape[1]
-        n = channels // self.groups
-        # The channel axis splits into (a, b) and becomes (b, a).
-        a, b = (self.groups, n) if self.order == "paper" else (n, self.groups)
-        if channels_last:
-            x = ops.reshape(inputs, (shape[0], shape[1] * shape[2], a, b))
-            x = ops.transpose(x, (0, 1, 3, 2))
-        else:
-            x = ops.reshape(inputs, (shape[0], a, b, shape[2] * shape[3]))
-            x = ops.transpose(x, (0, 2, 1, 3))
-        return ops.reshape(x, shape)
+        return channel_shuffle(inputs, self.groups, self.order, self.data_format)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)

@@ -19,9 +19,12 @@ from keras_shufflenet.models.checks import check_scale_groups
 from keras_shufflenet.models.layers import ChannelShuffle
 from keras_shufflenet.models.layers import PointwiseGroupConv2D
 from keras_shufflenet.models.loading import load_weights
+from keras_shufflenet.models.lowering import DeferredChannelShuffle
 from keras_shufflenet.models.lowering import DepthwiseAveragePooling2D
 from keras_shufflenet.models.lowering import ImageNormalization
+from keras_shufflenet.models.lowering import PermutedDepthwiseConv2D
 from keras_shufflenet.models.lowering import RowZeroPadding2D
+from keras_shufflenet.models.lowering import ShufflingBatchNormalization
 from keras_shufflenet.models.naming import variant_name
 from keras_shufflenet.models.pretrained import resolve_weights
 
@@ -170,8 +173,14 @@ def _pad(x, name):
     return layers.ZeroPadding2D(1, name=name)(x)
 
 
-def _batch_norm(x, name):
-    return layers.BatchNormalization(
+def _batch_norm(x, name, deferred_shuffle=None):
+    if deferred_shuffle:
+        norm = functools.partial(
+            ShufflingBatchNormalization, **deferred_shuffle
+        )
+    else:
+        norm = layers.BatchNormalization
+    return norm(
         axis=_channel_axis(),
         epsilon=BN_EPSILON,
         momentum=BN_MOMENTUM,
@@ -261,18 +270,35 @@ def shufflenet_unit(
     )
     y = _batch_norm(y, f"{name}_gconv1_bn")
     y = layers.ReLU(name=f"{name}_gconv1_relu")(y)
-    if shuffle and groups > 1:
-        y = ChannelShuffle(groups, order=shuffle_order, name=f"{name}_shuffle")(y)
+    # In a stride-2 unit the shuffle runs after the depthwise conv and its
+    # batch norm at inference, on a 4 times smaller tensor (see
+    # `DeferredChannelShuffle`); the weights are the same.
+    shuffled = shuffle and groups > 1
+    deferred = (
+        dict(shuffle_groups=groups, shuffle_order=shuffle_order)
+        if shuffled and stride == 2
+        else None
+    )
+    if shuffled:
+        shuffle_class = DeferredChannelShuffle if deferred else ChannelShuffle
+        y = shuffle_class(
+            groups, order=shuffle_order, name=f"{name}_shuffle"
+        )(y)
     if stride == 2:
         y = _pad(y, f"{name}_dwconv_pad")
-    y = layers.DepthwiseConv2D(
+    dwconv = (
+        functools.partial(PermutedDepthwiseConv2D, **deferred)
+        if deferred
+        else layers.DepthwiseConv2D
+    )
+    y = dwconv(
         3,
         strides=stride,
         padding="valid" if stride == 2 else "same",
         use_bias=False,
         name=f"{name}_dwconv",
     )(y)
-    y = _batch_norm(y, f"{name}_dwconv_bn")
+    y = _batch_norm(y, f"{name}_dwconv_bn", deferred)
     y = _pointwise(y, branch_channels, groups, implementation, f"{name}_gconv2")
     y = _batch_norm(y, f"{name}_gconv2_bn")
     if se:

@@ -116,7 +116,7 @@ def test_without_and_with_rewrite_change_exactly_one_rewrite():
     without = benchmark.without_rewrite(spec, "preprocessing")
     assert without.name == "shufflenet_1.0x_g3[-preprocessing]"
     assert dict(without.deployment)["rewrites"] == (
-        "average_pool", "pool_padding"
+        "average_pool", "pool_padding", "shuffle_after_stride"
     )
     added = benchmark.with_rewrite(spec, "groupwise_units")
     assert added.name == "shufflenet_1.0x_g3[+groupwise_units]"

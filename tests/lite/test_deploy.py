@@ -109,6 +109,9 @@ LOWERED = {
     "stage2_unit1_shortcut_pool": ks.DepthwiseAveragePooling2D,
     "stage3_unit1_shortcut_pool": ks.DepthwiseAveragePooling2D,
     "pool1_pad": ks.RowZeroPadding2D,
+    "stage3_unit1_shuffle": ks.DeferredChannelShuffle,
+    "stage3_unit1_dwconv": ks.PermutedDepthwiseConv2D,
+    "stage3_unit1_dwconv_bn": ks.ShufflingBatchNormalization,
 }
 
 
@@ -151,21 +154,18 @@ def test_dynamic_width_keeps_the_normalization_s_broadcast():
     assert max_abs_diff(model, deployed, x) < 5e-6
 
 
-def test_shuffle_moves_after_the_stride_2_depthwise_conv_only():
-    deployed = deploy.deployment_model(
-        tiny(), rewrites=("shuffle_after_stride",)
-    )
+def test_only_stride_2_units_defer_their_shuffle():
+    model = tiny()
     for stage in (2, 3, 4):
-        unit1 = f"stage{stage}_unit1"
-        shuffle = deployed.get_layer(f"{unit1}_shuffle")
-        norm = deployed.get_layer(f"{unit1}_dwconv_bn")
-        assert shuffle.input is norm.output
-        conv = deployed.get_layer(f"{unit1}_gconv2")
-        assert conv.input is shuffle.output
-        unit2 = f"stage{stage}_unit2"
-        shuffle = deployed.get_layer(f"{unit2}_shuffle")
-        relu = deployed.get_layer(f"{unit2}_gconv1_relu")
-        assert shuffle.input is relu.output
+        unit1, unit2 = f"stage{stage}_unit1", f"stage{stage}_unit2"
+        assert type(model.get_layer(f"{unit1}_shuffle")) is (
+            ks.DeferredChannelShuffle
+        )
+        assert model.get_layer(f"{unit1}_dwconv").shuffle_groups == 3
+        assert type(model.get_layer(f"{unit2}_shuffle")) is ks.ChannelShuffle
+        assert type(model.get_layer(f"{unit2}_dwconv")) is (
+            keras.layers.DepthwiseConv2D
+        )
 
 
 def test_a_deployment_model_is_not_rewritten_again():

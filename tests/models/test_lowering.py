@@ -122,3 +122,42 @@ def test_set_group_conv_implementation_sets_training_and_inference():
     assert {(c.implementation, c.inference_implementation) for c in convs} == {
         ("dense", "dense")
     }
+
+
+@pytest.mark.parametrize("order", ["paper", "official"])
+def test_a_deferred_shuffle_gives_the_stride_2_unit_s_function(order):
+    """shuffle -> 3x3/2 depthwise -> batch norm, with the shuffle moved
+    after the batch norm at inference, equals the plain layers."""
+    groups, channels = 3, 12
+    rng = np.random.default_rng(1)
+    layers = [
+        (ks.DeferredChannelShuffle(groups, order=order),
+         ks.ChannelShuffle(groups, order=order)),
+        (ks.PermutedDepthwiseConv2D(
+            3, strides=2, shuffle_groups=groups, shuffle_order=order),
+         keras.layers.DepthwiseConv2D(3, strides=2)),
+        (ks.ShufflingBatchNormalization(
+            shuffle_groups=groups, shuffle_order=order),
+         keras.layers.BatchNormalization()),
+    ]
+    x = rng.normal(size=(2, 9, 9, channels)).astype("float32")
+    lowered, plain = x, x
+    for deferred, keras_layer in layers:
+        lowered = deferred(lowered)
+        plain = keras_layer(plain)
+        weights = [rng.uniform(0.5, 1.5, w.shape) for w in keras_layer.weights]
+        keras_layer.set_weights(weights)
+        deferred.set_weights(weights)
+    for training in (False, True):
+        lowered, plain = x, x
+        for deferred, keras_layer in layers:
+            lowered = deferred(lowered, training=training)
+            plain = keras_layer(plain, training=training)
+        np.testing.assert_allclose(
+            np.asarray(lowered), np.asarray(plain), rtol=1e-5, atol=1e-6
+        )
+    # At inference the first layer passes its input on unshuffled.
+    np.testing.assert_array_equal(np.asarray(layers[0][0](x)), x)
+    config = layers[1][0].get_config()
+    assert (config["shuffle_groups"], config["shuffle_order"]) == (3, order)
+    assert ks.PermutedDepthwiseConv2D.from_config(config).shuffle_groups == 3
