@@ -35,16 +35,15 @@ def relative_error(got, expected):
     return float(np.max(np.abs(got - expected)) / np.max(np.abs(expected)))
 
 
-# Every unit of a variant has the same structure, so the groups and SE
-# variants are shallow (Table 5's half depth: half the export time); g3
-# keeps Table 1's depth.
+# Every unit of a variant has the same structure, so the other variants
+# are shallow (Table 5's half depth: half the export time) and g4 carries
+# SE; g3 keeps Table 1's depth.
 VARIANTS = {
     "g1-shallow": dict(groups=1, shallow=True),
     "g2-shallow": dict(groups=2, shallow=True),
     "g3": dict(groups=3),
-    "g4-shallow": dict(groups=4, shallow=True),
+    "g4-se-shallow": dict(groups=4, se=True, shallow=True),
     "g8-shallow": dict(groups=8, shallow=True),
-    "g3-se-shallow": dict(groups=3, se=True, shallow=True),
 }
 
 
@@ -82,10 +81,10 @@ def test_keras_litert_export_is_the_one_piece_graph(variant, tmp_path):
         assert ops["TRANSPOSE"] == 16
         assert ops["CONV_2D"] == 1 + 2 * 16
     # The dynamic batch dimension survives and runs at any batch size.
-    for n in (1, 8):
-        x = images(n, seed=n)
-        expected = np.asarray(model.predict(x, verbose=0))
-        assert relative_error(run(path, x), expected) <= 1e-5
+    x = images(8)
+    expected = np.asarray(model.predict(x, verbose=0))
+    assert relative_error(run(path, x[:1]), expected[:1]) <= 1e-5
+    assert relative_error(run(path, x), expected) <= 1e-5
 
 
 def test_both_standard_routes_and_convert_give_the_same_ops(tmp_path):
