@@ -59,16 +59,7 @@ def convert_with_tflite_converter(
 ):
     """Converts `model` the TensorFlow way: `model.export(dir,
     format="tf_saved_model")`, then `tf.lite.TFLiteConverter.from_saved_model`
-    with builtin ops only.
-
-    Args:
-        model: A Keras model (TensorFlow backend).
-        path: The `.tflite` file to write.
-        mode: `"float32"` or `"int8"`. Defaults to `"float32"`.
-        calibration_data: For int8, images calibrating the activations.
-
-    Returns:
-        `path`.
+    with builtin ops only. Arguments and return value as `export_litert`'s.
     """
     settings = _quantization(mode, calibration_data)
     with tempfile.TemporaryDirectory() as saved_model:
