@@ -11,6 +11,8 @@ import tensorflow as tf
 
 from keras_shufflenet.lite.converter import representative_dataset
 from keras_shufflenet.utils.checks import check_choice
+from keras_shufflenet.utils.files import atomic_path
+from keras_shufflenet.utils.files import write_atomic
 
 # `convert`'s own route first, then the standard ones.
 ROUTES = ("keras_shufflenet", "litert_export", "tflite_converter")
@@ -50,7 +52,10 @@ def export_litert(model, path, mode="float32", calibration_data=None):
         `path`.
     """
     settings = _quantization(mode, calibration_data)
-    model.export(os.fspath(path), format="litert", verbose=False, **settings)
+    # Atomic: a killed conversion leaves no partial file (the benchmark
+    # caches by path).
+    with atomic_path(os.fspath(path)) as tmp:
+        model.export(tmp, format="litert", verbose=False, **settings)
     return path
 
 
@@ -69,8 +74,7 @@ def convert_with_tflite_converter(
         for name, value in settings.items():
             setattr(converter, name, value)
         tflite = converter.convert()
-    with open(path, "wb") as f:
-        f.write(tflite)
+    write_atomic(path, tflite)
     return path
 
 
