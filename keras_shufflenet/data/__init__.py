@@ -15,6 +15,7 @@ from keras_shufflenet.data.config import default_min_crop_area
 from keras_shufflenet.data.config import define_input_flags
 from keras_shufflenet.data.config import input_config_from_flags
 from keras_shufflenet.data.pipeline import SKIP_GROUP_SIZE
+from keras_shufflenet.data.pipeline import BadDataError
 from keras_shufflenet.data.pipeline import InputPipeline
 from keras_shufflenet.data.pipeline import build_dataset
 from keras_shufflenet.data.preprocessing import eval_crop_window

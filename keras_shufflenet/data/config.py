@@ -97,11 +97,16 @@ class InputConfig:
             failing. Defaults to True. False uses a plain parallel map, about
             8% less CPU per image, for data already validated (TFDS decodes
             every image while preparing a dataset).
+        max_bad_fraction: Largest fraction of undecodable images a run
+            accepts; more stops it (`InputPipeline.check_bad_images`).
+            Defaults to 0.01.
         shuffle_buffer_size: Examples in the training shuffle buffer.
         cache: Cache encoded examples in memory. Only for small datasets.
         repeat: Whether the training data repeats forever. Defaults to True.
-        deterministic: Keep element order in parallel stages. Defaults to
-            False, which is faster.
+        deterministic: Keep element order in the parallel stages of
+            evaluation. Defaults to False, which is faster. Training always
+            keeps its order, so that a resumed run reads on exactly where
+            it stopped.
         threadpool_size: Private tf.data threadpool size; None uses the
             global pool.
         seed: Seed for shuffling and the digits split.
@@ -127,6 +132,7 @@ class InputConfig:
     color_jitter: float = 0.0
     crop_fraction: float = DEFAULT_CROP_FRACTION
     skip_bad_images: bool = True
+    max_bad_fraction: float = 0.01
     shuffle_buffer_size: int = 10_000
     cache: bool = False
     repeat: bool = True
@@ -193,6 +199,11 @@ class InputConfig:
             raise ValueError(
                 "`crop_fraction` must be in (0, 1]. "
                 f"Received: crop_fraction={self.crop_fraction}"
+            )
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ValueError(
+                "`max_bad_fraction` must be in [0, 1]. "
+                f"Received: max_bad_fraction={self.max_bad_fraction}"
             )
         if not 0.0 <= self.color_jitter < 1.0:
             raise ValueError(

@@ -18,8 +18,16 @@ Output contract (every source, every split):
   final batch is padded to full size, so every example is seen exactly once per
   pass and all shapes are static. ``keras.Model.evaluate`` understands this
   tuple; custom loops must weight metrics by ``sample_weight``.
-* Undecodable images are skipped (never crash the run) and counted in
-  ``InputPipeline.bad_image_count``.
+* Training is one stream, epoch after epoch: an epoch is a permutation
+  chosen by ``(seed, epoch)`` and every example's augmentation is drawn
+  from ``(seed, epoch, index)`` with stateless ops. The stream from any
+  ``(epoch, index)`` on can be built again exactly
+  (``dataset(..., start=, with_position=True)``), which is how a run
+  resumes where it stopped.
+* Undecodable images are skipped (never crash the run), counted in
+  ``InputPipeline.bad_image_count`` and the first ten named in
+  ``bad_image_names``; ``check_bad_images`` stops a run whose data is
+  more than ``max_bad_fraction`` broken.
 """
 
 import math
@@ -35,6 +43,15 @@ from keras_shufflenet.data.sources import TFDSSource
 from keras_shufflenet.data.sources import TFRecordSource
 from keras_shufflenet.data.sources import digits_train_augment
 from keras_shufflenet.data.sources import load_digits_arrays
+from keras_shufflenet.data.sources import scalar_seed
+
+# Records read before the bad-image fraction is judged (fewer only when
+# the data is smaller).
+FRACTION_SAMPLE = 1000
+
+
+class BadDataError(ValueError):
+    """Too many images of a dataset could not be decoded."""
 
 
 class InputPipeline:
@@ -127,10 +144,8 @@ class InputPipeline:
                 f"{found} classes found in the {config.source} source."
             )
         self.num_classes = found
-        with tf.init_scope(), tf.device("/cpu:0"):
-            self.bad_images = tf.Variable(
-                0, dtype=tf.int64, trainable=False, name="bad_images"
-            )
+        self._bad = BadImages()
+        self.bad_images = self._bad.count
 
     @property
     def bad_image_count(self):
@@ -145,6 +160,31 @@ class InputPipeline:
         that it stays a plain variable.
         """
         return int(self.bad_images.numpy())
+
+    @property
+    def bad_image_names(self):
+        """The paths (or positions) of the first skipped images."""
+        return self._bad.reported()[2]
+
+    def check_bad_images(self):
+        """Stops a run on data that is more than a little broken.
+
+        Raises:
+            BadDataError: More than ``config.max_bad_fraction`` of the
+                records read so far could not be decoded, once at least
+                ``min(1000, examples in the sources)`` were read.
+        """
+        count, read, names = self._bad.reported()
+        total = sum(s.num_examples for s in self._sources.values())
+        limit = self.config.max_bad_fraction
+        if read >= min(FRACTION_SAMPLE, total) and count > limit * read:
+            raise BadDataError(
+                f"{count} of {read} images read ({count / read:.1%}) from "
+                f"the {self.config.source} data could not be decoded, more "
+                f"than data.max_bad_fraction={limit}. The first: "
+                f"{', '.join(names)}. Fix or remove them, or raise "
+                "--data.max_bad_fraction."
+            )
 
     def _source(self, training):
         if training not in self._sources:
@@ -170,8 +210,17 @@ class InputPipeline:
             return max(1, n // global_batch_size)
         return math.ceil(n / global_batch_size)
 
-    def dataset(self, training, batch_size, input_context=None):
+    def dataset(
+        self, training, batch_size, input_context=None, start=None,
+        with_position=False,
+    ):
         """Builds the batched dataset for one input pipeline.
+
+        A training epoch is a permutation of the examples chosen by
+        `(seed, epoch)` alone, and every example's augmentation by its
+        `(epoch, index)`, so the stream from any position on can be built
+        again exactly: a checkpoint that saves where it stopped resumes
+        the same examples, augmented the same way.
 
         Args:
             training: Random crops, shuffling, repeat and dropped remainder
@@ -181,6 +230,12 @@ class InputPipeline:
             input_context: Optional ``tf.distribute.InputContext``: the data
                 is sharded by ``input_pipeline_id`` so every pipeline reads
                 a disjoint part.
+            start: ``(epoch, index)`` of the first training example, e.g.
+                the last ``positions`` row consumed with its index plus
+                one. Defaults to ``(0, 0)``.
+            with_position: Training batches also carry ``positions``, int32
+                ``[batch, 2]`` (TPUs take no int64): each example's
+                ``(epoch, index in the epoch's order)``.
 
         Returns:
             A ``tf.data.Dataset`` following the module's batch contract.
@@ -193,11 +248,21 @@ class InputPipeline:
                 f"`batch_size` must be >= 1. Received: {batch_size}"
             )
         source = self._source(training)
-        ds = self._records(source, training, input_context)
-        ds = self._preprocess(ds, source, training)
+        if training:
+            ds = self._training_records(source, input_context, start)
+        else:
+            ds = source.records(input_context, config).enumerate()
+            ds = ds.map(lambda j, r: (r[0], r[1], tf.stack([0, j])))
+        ds = self._preprocess(ds, source, training, input_context)
         ds = self._batch(ds, training, batch_size)
+        if training and not with_position:
+            ds = ds.map(lambda x, y, position: (x, y))
+        elif training:
+            ds = ds.map(lambda x, y, p: (x, y, tf.cast(p, tf.int32)))
         options = tf.data.Options()
-        options.deterministic = config.deterministic
+        # Training keeps its order: the position of the last example
+        # consumed is then where the stream resumes.
+        options.deterministic = training or config.deterministic
         options.experimental_distribute.auto_shard_policy = (
             tf.data.experimental.AutoShardPolicy.OFF
         )
@@ -205,42 +270,65 @@ class InputPipeline:
             options.threading.private_threadpool_size = config.threadpool_size
         return ds.with_options(options).prefetch(AUTOTUNE)
 
-    def _records(self, source, training, input_context):
-        """The source's `(encoded image or path, label)` records, shuffled
-        and repeated for training."""
+    def _training_records(self, source, input_context, start):
+        """`(record, label, position)` of every epoch from `start` on."""
         config = self.config
-        # With a cache, read in a fixed order and shuffle the cached
-        # examples fully each epoch instead of freezing one file order.
-        ds = source.records(
-            input_context, training and not config.cache, config
-        )
-        if config.cache:
-            ds = ds.cache()
-        if not training:
-            return ds
-        if config.cache:
-            buffer = self.num_examples(training)
-        elif isinstance(source, (DigitsSource, FolderSource)):
-            # The whole file list (or array) is already shuffled each
-            # epoch; a second buffer of encoded images would only cost
-            # memory (10,000 ImageNet JPEGs are about 1.1 GB).
-            buffer = 0
-        else:
+        first_epoch, first_index = (int(v) for v in (start or (0, 0)))
+        if first_epoch < 0 or first_index < 0:
+            raise ValueError(
+                f"`start` must be a non-negative (epoch, index). Received: "
+                f"start={start}"
+            )
+        if config.cache or isinstance(source, TFDSSource):
+            # One dataset read (and cached) once; each epoch is a seeded
+            # shuffle buffer over it.
+            ordered = source.records(input_context, config)
             buffer = config.shuffle_buffer_size
-        if buffer > 1:
-            ds = ds.shuffle(buffer, seed=config.seed)
-        return ds.repeat() if config.repeat else ds
+            if config.cache:
+                ordered = ordered.cache()
+                buffer = self.num_examples(True)
 
-    def _preprocess(self, ds, source, training):
+            def epoch_records(seed):
+                if buffer < 2:
+                    return ordered
+                return ordered.shuffle(buffer, seed=scalar_seed(seed))
+        else:
+
+            def epoch_records(seed):
+                return source.records(input_context, config, seed)
+
+        seeds = _Seeds(config, input_context)
+
+        def epoch(e):
+            # This function's graph seed: the epoch's shuffle then follows
+            # `seeds` alone, whatever the caller's global seed (and a
+            # global seed of 0 would trip TF's check of a tensor op seed).
+            tf.random.set_seed(1)
+            skip = tf.where(
+                tf.equal(e, first_epoch), tf.constant(first_index, tf.int64), 0
+            )
+            ds = epoch_records(seeds.order(e)).enumerate().skip(skip)
+            return ds.map(lambda j, r: (r[0], r[1], tf.stack([e, j])))
+
+        if config.repeat:
+            epochs = tf.data.Dataset.counter(first_epoch)
+        else:
+            epochs = tf.data.Dataset.range(first_epoch, first_epoch + 1)
+        return epochs.flat_map(epoch)
+
+    def _preprocess(self, ds, source, training, input_context):
         """Decodes and crops: the paper's training augmentation or its
         single centre crop (section 4)."""
         config = self.config
         size = config.image_size
+        seeds = _Seeds(config, input_context)
         if isinstance(source, DigitsSource):
             if not training:
                 return ds
             return ds.map(
-                lambda x, y: (digits_train_augment(x, size), y),
+                lambda x, y, p: (
+                    digits_train_augment(x, size, seeds.example(p)), y, p
+                ),
                 num_parallel_calls=AUTOTUNE,
             )
         if training:
@@ -248,31 +336,50 @@ class InputPipeline:
             ratio_range = tuple(config.aspect_ratio_range)
             jitter = config.color_jitter
 
-            def parse(image_bytes):
+            def parse(image_bytes, position):
                 return preprocess_for_train(
-                    image_bytes, size, area_range, ratio_range, jitter
+                    image_bytes, size, area_range, ratio_range, jitter,
+                    seed=seeds.example(position),
                 )
 
         else:
             fraction = config.crop_fraction
 
-            def parse(image_bytes):
+            def parse(image_bytes, position):
                 return preprocess_for_eval(image_bytes, size, fraction)
 
-        if isinstance(source, FolderSource) and not config.cache:
+        names_are_paths = isinstance(source, FolderSource) and not config.cache
+        if names_are_paths:
             decode = parse
 
-            def parse(path):
-                return decode(tf.io.read_file(path))
+            def parse(path, position):
+                return decode(tf.io.read_file(path), position)
 
         if config.skip_bad_images:
+            argument = "train_path" if training else "eval_path"
+            what = (
+                f"{config.name}[{source.split}]"
+                if isinstance(source, TFDSSource)
+                else f"{config.source} {argument}"
+            )
+
+            def names(records, positions):
+                if names_are_paths:
+                    return records
+                return tf.strings.join([
+                    f"{what} record ",
+                    tf.strings.as_string(positions[:, 1]),
+                    " of epoch ",
+                    tf.strings.as_string(positions[:, 0]),
+                ])
+
             return _map_skipping_bad(
-                ds, parse, size, self.bad_images, config.deterministic
+                ds, parse, names, self._bad, training or config.deterministic
             )
         return ds.map(
-            lambda x, y: (parse(x), y),
+            lambda x, y, p: (parse(x, p), y, p),
             num_parallel_calls=AUTOTUNE,
-            deterministic=config.deterministic,
+            deterministic=training or config.deterministic,
         )
 
     def _batch(self, ds, training, batch_size):
@@ -280,7 +387,7 @@ class InputPipeline:
         if training:
             return ds.batch(batch_size, drop_remainder=True)
         size = self.config.image_size
-        ds = ds.map(lambda x, y: (x, y, tf.constant(1.0)))
+        ds = ds.map(lambda x, y, position: (x, y, tf.constant(1.0)))
         padding = tf.data.Dataset.from_tensors(
             (
                 tf.zeros([size, size, 3], tf.uint8),
@@ -309,51 +416,129 @@ class InputPipeline:
         return fn
 
 
+class _Seeds:
+    """The stateless seeds of one input pipeline's epochs and examples.
+
+    An epoch's order and an example's augmentation are functions of
+    `(data seed, input pipeline, epoch[, index])` alone.
+    """
+
+    def __init__(self, config, input_context):
+        pipeline = 0 if input_context is None else input_context.input_pipeline_id
+        seed = config.seed or 0
+        self._order = tf.constant([seed, 2 * pipeline], tf.int64)
+        self._augment = tf.constant([seed, 2 * pipeline + 1], tf.int64)
+
+    def order(self, epoch):
+        """The `[2]` seed of `epoch`'s order."""
+        return tf.random.experimental.stateless_fold_in(self._order, epoch)
+
+    def example(self, position):
+        """The `[2]` seed of the augmentation at `(epoch, index)`."""
+        seed = tf.random.experimental.stateless_fold_in(
+            self._augment, position[0]
+        )
+        return tf.random.experimental.stateless_fold_in(seed, position[1])
+
+
+BAD_NAMES_KEPT = 10
+
+
+class BadImages:
+    """Counts the undecodable images a pipeline skipped, and names some.
+
+    The variables live on the CPU, outside any strategy, and are updated
+    from the tf.data workers: `count` (skipped), `read` (records parsed,
+    skipped or not) and `names`, the first `BAD_NAMES_KEPT` skipped
+    records' paths or positions.
+    """
+
+    def __init__(self):
+        with tf.init_scope(), tf.device("/cpu:0"):
+            self.count = tf.Variable(
+                0, dtype=tf.int64, trainable=False, name="bad_images"
+            )
+            self.read = tf.Variable(
+                0, dtype=tf.int64, trainable=False, name="records_read"
+            )
+            self.names = tf.Variable(
+                tf.fill([BAD_NAMES_KEPT], ""),
+                trainable=False,
+                name="bad_image_names",
+            )
+
+    def record(self, group_size, bad_names):
+        """Adds one group's count and names; returns an op to depend on."""
+        bad = tf.size(bad_names, tf.int64)
+        # Concurrent groups may race for a slot; a name can then be lost,
+        # never a count.
+        first = self.count.assign_add(bad) - bad
+        slots = first + tf.range(bad)
+        keep = slots < BAD_NAMES_KEPT
+        return tf.group(
+            self.read.assign_add(tf.cast(group_size, tf.int64)),
+            self.names.scatter_nd_update(
+                tf.boolean_mask(slots, keep)[:, None],
+                tf.boolean_mask(bad_names, keep),
+            ),
+        )
+
+    def reported(self):
+        """`(count, read, names)` as Python values."""
+        names = [n.decode() for n in self.names.numpy() if n]
+        return int(self.count.numpy()), int(self.read.numpy()), names
+
+
 SKIP_GROUP_SIZE = 32
 
 
-def _map_skipping_bad(ds, parse, size, counter, deterministic):
-    """Applies ``parse`` to (input, label), dropping and counting failures.
+def _map_skipping_bad(ds, parse, names, bad, deterministic):
+    """Parses `(record, label, position)` elements, skipping failures.
 
     Elements are taken in groups of ``SKIP_GROUP_SIZE``. Each group is
-    parsed in its own small dataset with errors ignored, then topped up with
-    flagged placeholders to its original length, so every placeholder is
-    exactly one undecodable image: it is counted in ``counter`` and filtered
-    out. Groups run in parallel through ``interleave``; grouping amortises
-    the per-dataset overhead.
+    parsed in its own small dataset with errors ignored; the survivors,
+    tagged with their place in the group, come back as one batch, so the
+    group's failures are known by place: counted and named in `bad` (a
+    `BadImages`), then dropped. Groups run in parallel through
+    ``interleave``, whose blocks of a whole group keep the input order
+    when ``deterministic``; grouping amortises the per-dataset overhead.
     """
-    placeholder = (
-        tf.zeros([size, size, 3], tf.uint8),
-        tf.constant(0, tf.int32),
-        tf.constant(False),
-    )
 
-    def keep(image, label, ok):
-        with tf.control_dependencies(
-            [counter.assign_add(1 - tf.cast(ok, tf.int64))]
-        ):
-            return tf.identity(ok)
-
-    def group(inputs, labels):
+    def group(records, labels, positions):
+        size = tf.shape(labels)[0]
         good = (
-            tf.data.Dataset.from_tensor_slices((inputs, labels))
-            .map(lambda b, y: (parse(b), y, tf.constant(True)))
+            tf.data.Dataset.from_tensor_slices(
+                (tf.range(size), records, labels, positions)
+            )
+            .map(lambda i, r, y, p: (i, parse(r, p), y, p))
             .ignore_errors()
+            .batch(SKIP_GROUP_SIZE)
         )
-        bad = tf.data.Dataset.from_tensors(placeholder).repeat()
-        # Counting and filtering inside the group keeps them on the
-        # parallel interleave workers.
-        return (
-            good.concatenate(bad)
-            .take(tf.size(labels, tf.int64))
-            .filter(keep)
-            .map(lambda x, y, ok: (x, y))
+        example = good.element_spec
+        none_good = tf.data.Dataset.from_tensors(
+            tuple(
+                tf.zeros([0, *spec.shape[1:]], spec.dtype) for spec in example
+            )
         )
+
+        def count(places, images, labels_, positions_):
+            parsed = tf.scatter_nd(
+                places[:, None], tf.ones_like(places, tf.bool), [size]
+            )
+            failed = tf.where(tf.logical_not(parsed))[:, 0]
+            update = bad.record(
+                size,
+                tf.gather(names(records, positions), failed),
+            )
+            with tf.control_dependencies([update]):
+                return tf.identity(images), labels_, positions_
+
+        return good.concatenate(none_good).take(1).map(count).unbatch()
 
     return ds.batch(SKIP_GROUP_SIZE).interleave(
         group,
         cycle_length=AUTOTUNE,
-        block_length=1,
+        block_length=SKIP_GROUP_SIZE,
         num_parallel_calls=AUTOTUNE,
         deterministic=deterministic,
     )

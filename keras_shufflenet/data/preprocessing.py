@@ -9,7 +9,16 @@ from keras_shufflenet.data.config import DEFAULT_ASPECT_RATIO_RANGE
 from keras_shufflenet.data.config import DEFAULT_CROP_FRACTION
 
 
-def sample_crop_window(image_shape, area_range, aspect_ratio_range):
+def draw_seed(seed=None):
+    """`seed`, or a stateless `[2]` seed drawn from the global generator."""
+    if seed is None:
+        return tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
+    return seed
+
+
+def sample_crop_window(
+    image_shape, area_range, aspect_ratio_range, seed=None
+):
     """Samples a random crop window for Inception-style scale augmentation.
 
     The window covers ``area_range`` of the image with width/height in
@@ -25,12 +34,15 @@ def sample_crop_window(image_shape, area_range, aspect_ratio_range):
         image_shape: int32 tensor ``[height, width, channels]``.
         area_range: ``(min, max)`` fraction of the image area.
         aspect_ratio_range: ``(min, max)`` of crop width / height.
+        seed: Stateless ``[2]`` seed: one seed, one window. Defaults to
+            None: one drawn from the global generator.
 
     Returns:
         int32 tensor ``[offset_y, offset_x, height, width]``.
     """
-    begin, size, _ = tf.image.sample_distorted_bounding_box(
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
         image_shape,
+        seed=draw_seed(seed),
         bounding_boxes=tf.constant([0.0, 0.0, 1.0, 1.0], shape=[1, 1, 4]),
         min_object_covered=area_range[0],
         aspect_ratio_range=aspect_ratio_range,
@@ -97,10 +109,10 @@ def to_uint8(image):
     return tf.cast(image + 0.5, tf.uint8)
 
 
-def _color_jitter(image, strength):
+def _color_jitter(image, strength, seed=None):
     """Random brightness, contrast and saturation on a float RGB image."""
     low, high = 1.0 - strength, 1.0 + strength
-    factors = tf.random.uniform([3], low, high)
+    factors = tf.random.stateless_uniform([3], draw_seed(seed), low, high)
     image = image * factors[0]
     gray = tf.image.rgb_to_grayscale(image)
     image = (image - tf.reduce_mean(gray)) * factors[1] + tf.reduce_mean(gray)
@@ -115,8 +127,13 @@ def preprocess_for_train(
     area_range=(0.08, 1.0),
     aspect_ratio_range=DEFAULT_ASPECT_RATIO_RANGE,
     color_jitter=0.0,
+    seed=None,
 ):
     """Random-crops, resizes and flips one encoded training image.
+
+    Every random choice is drawn from ``seed`` with stateless ops, so an
+    example's augmentation depends on its seed alone, not on the order in
+    which parallel workers reach it: a resumed run repeats it exactly.
 
     Reference:
         Zhang et al., ShuffleNet, section 4 (scale augmentation).
@@ -127,20 +144,29 @@ def preprocess_for_train(
         area_range: Crop area fractions. Defaults to (0.08, 1.0).
         aspect_ratio_range: Crop width/height range. Defaults to 3/4-4/3.
         color_jitter: Jitter strength, 0 disables. Defaults to 0.0.
+        seed: Stateless ``[2]`` int seed of this example. Defaults to None:
+            one drawn from the global generator.
 
     Returns:
         uint8 tensor ``[image_size, image_size, 3]`` in [0, 255].
     """
+    crop_seed, jitter_seed, flip_seed = tf.unstack(
+        tf.random.experimental.stateless_split(draw_seed(seed), 3)
+    )
     crop, _ = _decode_window(
         image_bytes,
-        lambda shape: sample_crop_window(shape, area_range, aspect_ratio_range),
+        lambda shape: sample_crop_window(
+            shape, area_range, aspect_ratio_range, crop_seed
+        ),
     )
     image = tf.image.resize(
         crop, [image_size, image_size], method="bilinear", antialias=False
     )
     if color_jitter:
-        image = _color_jitter(image, color_jitter)
-    image = tf.image.random_flip_left_right(to_uint8(image))
+        image = _color_jitter(image, color_jitter, jitter_seed)
+    image = tf.image.stateless_random_flip_left_right(
+        to_uint8(image), flip_seed
+    )
     image.set_shape([image_size, image_size, 3])
     return image
 

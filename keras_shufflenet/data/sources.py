@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from keras_shufflenet.data.config import AUTOTUNE
 from keras_shufflenet.data.config import IMAGE_EXTENSIONS
+from keras_shufflenet.data.preprocessing import draw_seed
 from keras_shufflenet.data.preprocessing import to_uint8
 
 
@@ -74,13 +75,15 @@ class FolderSource:
         self.num_classes = len(found)
         self.num_examples = len(self.files)
 
-    def records(self, input_context, shuffle, config):
+    def records(self, input_context, config, seed=None):
+        """`(path, label)` in file order, or one epoch's order of `seed`.
+
+        With `config.cache` the encoded bytes are read here, to be cached.
+        """
         pairs = _shard_list(zip(self.files, self.labels), input_context)
-        files = [f for f, _ in pairs]
-        labels = np.array([label for _, label in pairs], np.int32)
-        ds = tf.data.Dataset.from_tensor_slices((files, labels))
-        if shuffle:
-            ds = ds.shuffle(len(files), seed=config.seed)
+        files = tf.constant([f for f, _ in pairs])
+        labels = tf.constant([label for _, label in pairs], tf.int32)
+        ds = _permuted_slices((files, labels), seed)
         if not config.cache:
             # Paths: the guarded parse reads them, which saves a parallel
             # stage and turns an unreadable file into a counted skip.
@@ -89,6 +92,24 @@ class FolderSource:
             lambda f, label: (tf.io.read_file(f), label),
             num_parallel_calls=AUTOTUNE,
         )
+
+
+def scalar_seed(seed):
+    """An int64 seed for `Dataset.shuffle` from a stateless `[2]` seed."""
+    return tf.random.stateless_uniform(
+        [], seed, minval=None, maxval=None, dtype=tf.int64
+    )
+
+
+def _permuted_slices(tensors, seed):
+    """Slices of `tensors` in order, or in the permutation of `seed`."""
+    if seed is None:
+        return tf.data.Dataset.from_tensor_slices(tensors)
+    size = tf.shape(tf.nest.flatten(tensors)[0], out_type=tf.int64)[0]
+    order = tf.random.experimental.stateless_shuffle(tf.range(size), seed)
+    return tf.data.Dataset.from_tensor_slices(
+        tf.nest.map_structure(lambda t: tf.gather(t, order), tensors)
+    )
 
 
 def _tfrecord_files(path, argument):
@@ -160,7 +181,13 @@ class TFRecordSource:
             )
         return count
 
-    def records(self, input_context, shuffle, config):
+    def records(self, input_context, config, seed=None):
+        """`(encoded image, label)` in shard order, or one epoch's order.
+
+        With `seed`, the shard order and the shuffle buffer
+        (`config.shuffle_buffer_size`) follow it, so that an epoch can be
+        read again exactly, from its start.
+        """
         files = self.files
         shard_records = False
         if input_context is not None and input_context.num_input_pipelines > 1:
@@ -168,20 +195,21 @@ class TFRecordSource:
                 files = _shard_list(files, input_context)
             else:
                 shard_records = True
-        ds = tf.data.Dataset.from_tensor_slices(files)
-        if shuffle:
-            ds = ds.shuffle(len(files), seed=config.seed)
+        ds = _permuted_slices(tf.constant(files), seed)
+        # In order: the epoch's order is a function of `seed` alone.
         ds = ds.interleave(
             tf.data.TFRecordDataset,
             cycle_length=min(16, len(files)),
             num_parallel_calls=AUTOTUNE,
-            deterministic=config.deterministic or not shuffle,
+            deterministic=True,
         )
         if shard_records:
             ds = ds.shard(
                 input_context.num_input_pipelines,
                 input_context.input_pipeline_id,
             )
+        if seed is not None and config.shuffle_buffer_size > 1:
+            ds = ds.shuffle(config.shuffle_buffer_size, seed=scalar_seed(seed))
         offset, num_classes = self.label_offset, self.num_classes
 
         def parse(record):
@@ -251,18 +279,15 @@ class TFDSSource:
             )
         self.num_examples = num_examples
 
-    def _dataset(self, split, shuffle):
+    def _dataset(self, split):
         import tensorflow_datasets as tfds  # See __init__.
 
         try:
             return self.builder.as_dataset(
                 split=split,
                 decoders={"image": tfds.decode.SkipDecoding()},
-                shuffle_files=shuffle,
-                read_config=tfds.ReadConfig(
-                    shuffle_seed=self._config.seed,
-                    interleave_cycle_length=16,
-                ),
+                shuffle_files=False,
+                read_config=tfds.ReadConfig(interleave_cycle_length=16),
             )
         except AssertionError as e:  # TFDS asserts on unprepared datasets.
             raise FileNotFoundError(
@@ -273,10 +298,16 @@ class TFDSSource:
             ) from None
 
     def _count(self):
-        ds = self._dataset(self.split, shuffle=False)
+        ds = self._dataset(self.split)
         return int(ds.reduce(np.int64(0), lambda n, _: n + 1))
 
-    def records(self, input_context, shuffle, config):
+    def records(self, input_context, config):
+        """`(encoded image, label)` in the split's order.
+
+        TFDS builds its datasets in Python, so a training epoch's order is
+        a seeded shuffle buffer over this one dataset (see
+        `InputPipeline`), not a new file order per epoch.
+        """
         import tensorflow_datasets as tfds  # See __init__.
 
         split = self.split
@@ -284,7 +315,7 @@ class TFDSSource:
             split = tfds.even_splits(
                 split, n=input_context.num_input_pipelines
             )[input_context.input_pipeline_id]
-        ds = self._dataset(split, shuffle=shuffle)
+        ds = self._dataset(split)
         return ds.map(
             lambda ex: (ex["image"], tf.cast(ex["label"], tf.int32)),
             num_parallel_calls=AUTOTUNE,
@@ -342,20 +373,27 @@ class DigitsSource:
         self.num_classes = 10
         self.num_examples = len(labels)
 
-    def records(self, input_context, shuffle, config):
+    def records(self, input_context, config, seed=None):
+        """`(image, label)` in order, or one epoch's order of `seed`."""
         images, labels = self.images, self.labels
         if input_context is not None and input_context.num_input_pipelines > 1:
             step = input_context.num_input_pipelines
             images = images[input_context.input_pipeline_id :: step]
             labels = labels[input_context.input_pipeline_id :: step]
-        ds = tf.data.Dataset.from_tensor_slices((images, labels))
-        if shuffle:
-            ds = ds.shuffle(len(labels), seed=config.seed)
-        return ds
+        return _permuted_slices((images, labels), seed)
 
 
-def digits_train_augment(image, image_size):
-    """Random shift of up to 1/8 of the side, zero (background) filled."""
+def digits_train_augment(image, image_size, seed=None):
+    """Random shift of up to 1/8 of the side, zero (background) filled.
+
+    Args:
+        image: uint8 `[image_size, image_size, 3]`.
+        image_size: Its side.
+        seed: Stateless `[2]` seed of this example's shift. Defaults to
+            None: one drawn from the global generator.
+    """
     pad = max(1, image_size // 8)
     image = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
-    return tf.image.random_crop(image, [image_size, image_size, 3])
+    return tf.image.stateless_random_crop(
+        image, [image_size, image_size, 3], draw_seed(seed)
+    )
