@@ -20,12 +20,19 @@ from keras_shufflenet.utils.files import atomic_path
 from keras_shufflenet.utils.files import write_atomic
 
 
+class CheckpointError(RuntimeError):
+    """No checkpoint of a run's `model_dir` can be restored."""
+
+
 class Checkpoints:
     """The checkpoints and the history of one run.
 
     Every worker saves (saving is a collective under multi-worker
     strategies); only the chief writes to `model_dir`, the others to a
-    private directory that `close` removes.
+    private directory that `close` removes. TF writes each checkpoint's
+    files under a temporary name and renames them, so a run killed while
+    saving leaves the previous checkpoints whole; one damaged anyway is
+    set aside at restore and the one before it used.
 
     Args:
         model_dir: The run's directory.
@@ -41,25 +48,133 @@ class Checkpoints:
         self.history_path = os.path.join(model_dir, HISTORY_FILE)
         if chief:
             self._manager_dir = self.directory
+            self._rewrite_state()
         else:
             self._manager_dir = tempfile.mkdtemp(
                 prefix="shufflenet_worker_ckpt_"
             )
+        self.max_to_keep = max_to_keep
+        self.objects = objects
+        self.restored_optional = set()
         self.checkpoint = tf.train.Checkpoint(**objects)
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, self._manager_dir, max_to_keep=max_to_keep
+        self.manager = self._new_manager()
+
+    def _new_manager(self):
+        return tf.train.CheckpointManager(
+            self.checkpoint, self._manager_dir, max_to_keep=self.max_to_keep
         )
+
+    def saved(self):
+        """The checkpoints in `model_dir`, oldest first, by their files.
+
+        The index files decide, not TF's `checkpoint` state file, which a
+        crash can leave stale or cut short.
+        """
+        paths = tf.io.gfile.glob(os.path.join(self.directory, "ckpt-*.index"))
+        numbered = []
+        for path in paths:
+            number = path[: -len(".index")].rsplit("-", 1)[1]
+            if number.isdigit():
+                numbered.append((int(number), path[: -len(".index")]))
+        return [path for _, path in sorted(numbered)]
+
+    def _rewrite_state(self):
+        """Makes the `checkpoint` state file list exactly `saved()`, so the
+        manager keeps and rotates the checkpoints that are really there."""
+        saved = self.saved()
+        names = [os.path.basename(path) for path in saved]
+        state = os.path.join(self.directory, "checkpoint")
+        if names:
+            # TF's `CheckpointState` text proto, paths relative to it; the
+            # manager rotates out only checkpoints with a timestamp.
+            lines = [f'model_checkpoint_path: "{names[-1]}"']
+            lines += [f'all_model_checkpoint_paths: "{n}"' for n in names]
+            lines += [
+                "all_model_checkpoint_timestamps: "
+                f"{tf.io.gfile.stat(path + '.index').mtime_nsec / 1e9}"
+                for path in saved
+            ]
+            write_atomic(state, "\n".join(lines) + "\n")
+        elif tf.io.gfile.exists(state):
+            tf.io.gfile.remove(state)
 
     def latest(self):
         """The newest checkpoint's path in `model_dir`, or None."""
-        return tf.train.latest_checkpoint(self.directory)
+        saved = self.saved()
+        return saved[-1] if saved else None
 
-    def restore(self):
-        """Restores the newest checkpoint, if any; returns its path."""
-        latest = self.latest()
-        if latest is not None:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
-        return latest
+    def restore(self, say=print, optional=()):
+        """Restores the newest usable checkpoint; returns its path or None.
+
+        A checkpoint that cannot be restored (cut short, empty, of other
+        shapes or another model) is reported by name, moved to
+        `checkpoints/unusable/` and the one before it tried.
+
+        Args:
+            say: Prints one line.
+            optional: Names of checkpointed objects that older checkpoints
+                lack; restored when present (see `restored_optional`).
+
+        Raises:
+            CheckpointError: `model_dir` holds checkpoints but none can be
+                restored.
+        """
+        saved = self.saved()
+        self.restored_optional = set()
+        for path in reversed(saved):
+            try:
+                self._restore(path, optional)
+            except (tf.errors.OpError, ValueError, AssertionError,
+                    IndexError, KeyError) as e:
+                reason = str(e).strip().splitlines()[0][:300]
+                say(
+                    f"Checkpoint {path} cannot be restored "
+                    f"({type(e).__name__}: {reason}); moved to "
+                    f"{self._set_aside(path)}, trying the one before."
+                )
+                continue
+            return path
+        if saved:
+            raise CheckpointError(
+                f"None of the {len(saved)} checkpoints in {self.directory} "
+                "can be restored (moved to its unusable/ folder). Start "
+                "with a new `model_dir`, or move them back to retry."
+            )
+        return None
+
+    def _restore(self, path, optional):
+        required = {
+            k: v for k, v in self.objects.items() if k not in optional
+        }
+        # Partial roots: the rest of the checkpoint is expected.
+        tf.train.Checkpoint(**required).restore(
+            path
+        ).assert_existing_objects_matched().expect_partial()
+        for name in optional:
+            status = tf.train.Checkpoint(**{name: self.objects[name]}).restore(
+                path
+            ).expect_partial()
+            try:
+                status.assert_existing_objects_matched()
+            except AssertionError:
+                continue
+            self.restored_optional.add(name)
+
+    def _set_aside(self, path):
+        """Moves a checkpoint's files to `unusable/`; returns the folder."""
+        if not self.chief:
+            return "(left in place: not the chief)"
+        folder = os.path.join(self.directory, "unusable")
+        tf.io.gfile.makedirs(folder)
+        for name in tf.io.gfile.glob(path + ".*"):
+            tf.io.gfile.rename(
+                name,
+                os.path.join(folder, os.path.basename(name)),
+                overwrite=True,
+            )
+        self._rewrite_state()
+        self.manager = self._new_manager()
+        return folder
 
     def history(self, up_to_step):
         """The saved evaluation history, up to the restored step."""
