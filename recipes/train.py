@@ -10,6 +10,9 @@ bundled with scikit-learn in a few CPU minutes. Paper models:
 Every config field is a flag: `--optimizer.lr=0.25`, `--train.epochs=90`,
 `--data.source=tfrecord --data.train_path=...`. The resolved config is
 saved as `config.json` beside the checkpoints. See recipes/README.md.
+
+The same command resumes an interrupted run. SIGTERM or Ctrl-C writes a
+checkpoint first and exits with status 75 (`training.PREEMPTED_EXIT_CODE`).
 """
 
 import os
@@ -21,6 +24,7 @@ from absl import flags
 # Runnable from a source checkout without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from keras_shufflenet import data
 from keras_shufflenet import training
 from keras_shufflenet.training.flags import recipe_config
 from keras_shufflenet.utils.cli import exit_on_errors
@@ -35,8 +39,22 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     config = recipe_config(argv, CONFIGS_DIR)
-    training.train(config)
+    try:
+        training.train(config)
+    except training.Preempted as stopped:
+        # A distinct status: the run is whole and the same command resumes.
+        print(stopped, file=sys.stderr)
+        sys.exit(stopped.exit_code)
 
 
 if __name__ == "__main__":
-    app.run(exit_on_errors(main, (training.NonFiniteLossError,)))
+    app.run(
+        exit_on_errors(
+            main,
+            (
+                training.NonFiniteLossError,
+                training.CheckpointError,
+                data.BadDataError,
+            ),
+        )
+    )

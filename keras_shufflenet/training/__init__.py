@@ -4,6 +4,7 @@ the training loop with checkpointing and logging, evaluation with BN
 re-estimation, and the fast training graph. Imports `models` and `data`.
 """
 
+from keras_shufflenet.training.checkpointing import CheckpointError
 from keras_shufflenet.training.checkpointing import Checkpoints
 from keras_shufflenet.training.checkpointing import export_model
 from keras_shufflenet.training.checkpointing import write_export
@@ -63,6 +64,9 @@ from keras_shufflenet.training.optimization import apply_gradients
 from keras_shufflenet.training.optimization import scaled_learning_rate
 from keras_shufflenet.training.optimization import weight_decay_loss
 from keras_shufflenet.training.optimization import weight_decay_variables
+from keras_shufflenet.training.preemption import PREEMPTED_EXIT_CODE
+from keras_shufflenet.training.preemption import Preempted
+from keras_shufflenet.training.preemption import StopSignals
 from keras_shufflenet.training.step import TrainStep
 from keras_shufflenet.training.throughput import PEERS
 from keras_shufflenet.training.throughput import build

@@ -128,6 +128,13 @@ class TrainConfig:
             written at the end of every epoch. Defaults to 5000.
         keep_checkpoints: Checkpoints to keep. Defaults to 3.
         seed: Seed of weight initialisation and data order. Defaults to 0.
+        deterministic: Turn on TF's op determinism
+            (`tf.config.experimental.enable_op_determinism`), so that a run
+            killed at any point and restarted with the same command ends
+            with bit-identical weights to an uninterrupted one (on CPU).
+            Costs some speed. Without it, a resumed run still ends at the
+            same step and sees each example once per epoch. Defaults to
+            False.
     """
     batch_size: int = PAPER_BATCH_SIZE
     epochs: float = PAPER_EPOCHS
@@ -139,6 +146,7 @@ class TrainConfig:
     checkpoint_every_steps: int = 5000
     keep_checkpoints: int = 3
     seed: int = 0
+    deterministic: bool = False
 
 
 @dataclasses.dataclass

@@ -29,13 +29,18 @@ class TrainStep:
         label_smoothing: Label smoothing of the cross-entropy.
         weight_decay: L2 coefficient on the kernels
             (`optimization.weight_decay_loss`).
+        position: Optional int32 `[2]` variable. When given, batches are
+            `(images, labels, positions)` (`InputPipeline.dataset(...,
+            with_position=True)`) and it is set after every step to the
+            `(epoch, index)` that follows the last example trained on.
     """
 
     def __init__(
         self, strategy, model, train_model, optimizer, *, num_classes,
-        global_batch, label_smoothing, weight_decay,
+        global_batch, label_smoothing, weight_decay, position=None,
     ):
         self.strategy = strategy
+        self.position = position
         self.model = model
         self.train_model = train_model
         self.optimizer = optimizer
@@ -61,9 +66,33 @@ class TrainStep:
         return self._run(iterator, tf.constant(num_steps)).numpy()
 
     def _steps(self, iterator, num_steps):
-        return sum_over_steps(
-            self.strategy, self._step, iterator, num_steps, size=3
+        if self.position is None:
+            return sum_over_steps(
+                self.strategy, self._step, iterator, num_steps, size=3
+            )
+        totals = tf.zeros([3])
+        for _ in tf.range(num_steps):
+            images, labels, positions = next(iterator)
+            per_replica = self.strategy.run(self._step, args=(images, labels))
+            totals += self.strategy.reduce(
+                tf.distribute.ReduceOp.SUM, per_replica, axis=None
+            )
+            self.position.assign(self._next_position(positions))
+        return totals
+
+    def _next_position(self, positions):
+        """The `(epoch, index)` after the latest example of this step.
+
+        The replicas of one input pipeline take consecutive batches, so
+        the latest is the largest last row over the local replicas.
+        """
+        last = tf.stack(
+            [p[-1] for p in self.strategy.experimental_local_results(positions)]
         )
+        order = tf.cast(last[:, 0], tf.int64) * 2**32 + tf.cast(
+            last[:, 1], tf.int64
+        )
+        return tf.gather(last, tf.argmax(order)) + tf.constant([0, 1])
 
     def _step(self, images, labels):
         replicas = self.strategy.num_replicas_in_sync

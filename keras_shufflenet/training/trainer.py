@@ -38,6 +38,8 @@ from keras_shufflenet.training.monitoring import summary_scalar
 from keras_shufflenet.training.optimization import LinearDecay
 from keras_shufflenet.training.optimization import NonFiniteLossError
 from keras_shufflenet.training.optimization import scaled_learning_rate
+from keras_shufflenet.training.preemption import Preempted
+from keras_shufflenet.training.preemption import StopSignals
 from keras_shufflenet.training.step import TrainStep
 
 
@@ -94,6 +96,10 @@ class Trainer:
         self.verbose = self.log.verbose
         self.policy = precision_policy(config.precision, self.strategy)
         keras.utils.set_random_seed(config.train.seed)
+        if config.train.deterministic:
+            # Process-wide, as TF offers it; the data order and
+            # augmentation are deterministic in any case.
+            tf.config.experimental.enable_op_determinism()
 
         self.pipeline = InputPipeline(config.data)
         self.num_classes = self.pipeline.num_classes
@@ -102,8 +108,15 @@ class Trainer:
             self.peak_lr, self.total_steps, self.warmup_steps
         )
         self.model, self.train_model, self.optimizer = self._build()
+        # Where the training stream resumes: (epoch, index) after the
+        # last example trained on. Host-side, like the step counter.
+        with tf.init_scope(), tf.device("/cpu:0"):
+            self.data_position = tf.Variable(
+                [0, 0], dtype=tf.int32, trainable=False, name="data_position"
+            )
         self.train_step = TrainStep(
             self.strategy, self.model, self.train_model, self.optimizer,
+            position=self.data_position,
             num_classes=self.num_classes,
             global_batch=self.global_batch,
             label_smoothing=config.optimizer.label_smoothing,
@@ -122,6 +135,7 @@ class Trainer:
             model=self.model,
             optimizer=self.optimizer,
             bn_recalibrated_at=self.recalibrated_at,
+            data_position=self.data_position,
         )
         self.checkpoint_dir = self.checkpoints.directory
         self.evaluator = Evaluator(
@@ -131,10 +145,8 @@ class Trainer:
             config.train.eval_batch_size or self.global_batch,
         )
         self._recalibration = BatchNormRecalibration(self.model, self.strategy)
-        self._train_dataset = self.strategy.distribute_datasets_from_function(
-            self.pipeline.dataset_fn(True, self.global_batch)
-        )
         self.history = []
+        self._bad_names_logged = 0
 
     def _plan_steps(self):
         """Batch, steps, warm-up and learning rate from the config."""
@@ -214,15 +226,35 @@ class Trainer:
         self.train_step.sync_moving_statistics()
 
     def restore(self):
-        """Restores the latest checkpoint of `model_dir`, if any.
+        """Restores the newest usable checkpoint of `model_dir`, if any.
 
         Returns:
             The restored global step, or None when starting fresh.
         """
-        if self.checkpoints.restore() is None:
+        restored = self.checkpoints.restore(
+            self.log.say, optional=("data_position",)
+        )
+        self.restored_from = restored
+        if restored is None:
             return None
+        if "data_position" not in self.checkpoints.restored_optional:
+            # A checkpoint from before positions were saved: resume where
+            # an uninterrupted run without bad images would be.
+            n = self.pipeline.num_examples(True)
+            self.data_position.assign(divmod(self.step * self.global_batch, n))
         self.history = self.checkpoints.history(self.step)
         return self.step
+
+    def _training_iterator(self):
+        """The training stream, from the restored position on."""
+        start = tuple(int(v) for v in self.data_position.numpy())
+        dataset = self.strategy.distribute_datasets_from_function(
+            lambda context: self.pipeline.dataset(
+                True, self.global_batch, context, start=start,
+                with_position=True,
+            )
+        )
+        return iter(dataset)
 
     def save(self):
         """Writes a checkpoint numbered by the global step (all workers)."""
@@ -267,11 +299,11 @@ class Trainer:
                 self.derived(),
             )
         self._announce(self.restore())
-        iterator = iter(self._train_dataset)
+        iterator = self._training_iterator()
         start = time.time()
         writer = self.log.writer()
-        with writer.as_default():
-            self._train(iterator, start)
+        with writer.as_default(), StopSignals() as signals:
+            self._train(iterator, start, signals)
             if (
                 self.recalibration_steps
                 and int(self.recalibrated_at.numpy()) != self.step
@@ -305,10 +337,12 @@ class Trainer:
                 f"with {type(self.strategy).__name__}, {self.policy}."
             )
         else:
+            epoch, index = (int(v) for v in self.data_position.numpy())
             self.log.say(
-                f"Resumed from {self.checkpoints.latest()} at step "
+                f"Resumed from {self.restored_from} at step "
                 f"{restored} of {self.total_steps}; learning rate "
-                f"{float(self.schedule(restored)):.6g}."
+                f"{float(self.schedule(restored)):.6g}; reading on from "
+                f"example {index} of epoch {epoch}."
             )
 
     def _report(self, metrics, seconds):
@@ -352,7 +386,7 @@ class Trainer:
         ]
         return min(candidates)
 
-    def _train(self, iterator, start):
+    def _train(self, iterator, start, signals):
         spe = self.steps_per_epoch
         train_cfg = self.config.train
         progress = EpochProgress(spe, self.total_steps, self.verbose)
@@ -364,6 +398,9 @@ class Trainer:
             )
             if not np.isfinite(totals[0]):
                 self._stop_on_non_finite(before, totals)
+            self._check_data()
+            if signals.received:
+                raise Preempted(signals.received, self.save())
             step = self.step
             lr = float(self.schedule(max(step - 1, 0)))
             progress.update(step, totals, lr)
@@ -380,6 +417,14 @@ class Trainer:
             if end_of_epoch or step % train_cfg.checkpoint_every_steps == 0:
                 self.save()
 
+    def _check_data(self):
+        """Names newly skipped images; stops on too many."""
+        names = self.pipeline.bad_image_names
+        for name in names[self._bad_names_logged:]:
+            self.log.say(f"Skipped an undecodable image: {name}")
+        self._bad_names_logged = len(names)
+        self.pipeline.check_bad_images()
+
     def _stop_on_non_finite(self, before, totals):
         loss = totals[0] / max(totals[2], 1.0)
         raise NonFiniteLossError(
@@ -395,8 +440,12 @@ class Trainer:
         self, final=False, train_loss=None, train_top1=None, elapsed=None
     ):
         self.sync_moving_statistics()
-        metrics = self.evaluator.evaluate()
         step = self.step
+        self.log.say(
+            f"Evaluating at step {step} on {self.evaluator.num_examples} "
+            "examples."
+        )
+        metrics = self.evaluator.evaluate()
         tag = "eval_final" if final else "eval"
         summary_scalar(f"{tag}/top1", metrics["top1"], step)
         summary_scalar(f"{tag}/top5", metrics["top5"], step)
@@ -423,6 +472,7 @@ class Trainer:
             + (f"; {bad} undecodable images skipped so far" if bad else "")
             + (f" [{elapsed:.0f} s]" if elapsed is not None else "")
         )
+        self._check_data()
         return metrics
 
     def _recalibrate(self, iterator):
