@@ -7,11 +7,9 @@ import glob
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import keras
 import numpy as np
@@ -22,6 +20,7 @@ from PIL import Image
 from keras_shufflenet import data
 from keras_shufflenet import training
 from keras_shufflenet.models import naming
+from keras_shufflenet.training import faults
 from keras_shufflenet.training import fused
 
 ROOT = os.path.dirname(
@@ -31,11 +30,16 @@ DIGITS_TRAIN, DIGITS_EVAL = 1437, 360
 
 
 def tiny_config(model_dir, **overrides):
+    """A few steps of 0.25x shallow on digits. The fast training graph is
+    off (its trace costs about 9 s a run); `cpu_run` and test_fused.py
+    cover it."""
     config = training.ExperimentConfig(
         model_dir=str(model_dir),
         strategy="cpu",
         export=False,
-        model=training.ModelConfig(scale=0.25, groups=3, shallow=True),
+        model=training.ModelConfig(
+            scale=0.25, groups=3, shallow=True, fused_training=False
+        ),
         optimizer=training.OptimizerConfig(lr=0.5, warmup_epochs=0.0),
         train=training.TrainConfig(
             batch_size=16,
@@ -58,6 +62,7 @@ def tiny_flags(model_dir):
         "--export=false",
         "--model.scale=0.25",
         "--model.shallow=true",
+        "--model.fused_training=false",
         "--data.image_size=32",
         "--train.batch_size=16",
         "--train.eval_batch_size=120",
@@ -296,7 +301,12 @@ def test_sync_batch_norm_flag_synchronizes_every_bn_layer():
 def cpu_run(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("cpu_run")
     config = tiny_config(
-        model_dir, export=True, **{"train.bn_recalibration_epochs": 0.04}
+        model_dir,
+        export=True,
+        **{
+            "train.bn_recalibration_epochs": 0.04,
+            "model.fused_training": True,
+        },
     )
     trainer = training.Trainer(config, verbose=False)
     return trainer, trainer.fit()
@@ -373,8 +383,8 @@ def test_trainer_steps_the_fused_training_graph_of_its_model(cpu_run):
 
 
 def test_fused_training_false_steps_the_model_itself(tmp_path):
-    config = tiny_config(tmp_path, **{"model.fused_training": False})
-    trainer = training.Trainer(config, verbose=False)
+    trainer = training.Trainer(tiny_config(tmp_path), verbose=False)
+    assert trainer.config.model.fused_training is False
     assert trainer.train_model is trainer.model
 
 
@@ -447,51 +457,50 @@ def test_multi_worker_two_processes_end_with_identical_weights(tmp_path):
     assert saved["derived"]["num_replicas"] == 2
 
 
-def test_killed_run_resumes_from_its_checkpoint_on_the_same_schedule(
+def test_sigterm_then_kill_9_then_restart_ends_with_identical_weights(
     tmp_path,
 ):
-    model_dir = tmp_path / "run"
-    args = [
-        "recipes/train.py",
-        *tiny_flags(model_dir),
+    """The fast fault-injection run: SIGTERM writes a checkpoint and exits
+    with 75, kill -9 loses only the steps since the last checkpoint, and
+    with --train.deterministic=true the end state equals an uninterrupted
+    run's, bit for bit (tools/fault_injection.py runs the long plan)."""
+    command = [
+        sys.executable,
+        os.path.join(ROOT, "recipes/train.py"),
+        *tiny_flags("unused")[1:],
         "--train.steps=40",
         "--train.checkpoint_every_steps=5",
         "--train.steps_per_execution=5",
         "--train.log_every_steps=5",
+        "--train.deterministic=true",
         "--optimizer.lr=0.4",
     ]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    process = subprocess.Popen(
-        [sys.executable, *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    model_dir = tmp_path / "run"
+    report = faults.run_with_faults(
+        command,
+        str(model_dir),
+        ["sigterm", "kill_during_step"],
+        reference_dir=str(tmp_path / "reference"),
+        timeout=240,
+        say=lambda line: None,
     )
-    checkpoints = str(model_dir / "checkpoints")
-    deadline = time.time() + 240
-    while tf.train.latest_checkpoint(checkpoints) is None:
-        assert process.poll() is None, "training ended before a checkpoint"
-        assert time.time() < deadline
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    killed_at = int(tf.train.latest_checkpoint(checkpoints).split("-")[-1])
-    assert 0 < killed_at < 40
-
-    resumed = run_program(args)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert report.completed, report.outputs[-1][-3000:]
+    assert report.runs == 3
+    assert "exit 75" in report.faults[0] and "exit -9" in report.faults[1]
+    assert report.identical, report.mismatched
+    stopped = int(re.search(r"ckpt-(\d+); the same", report.outputs[0])[1])
+    assert f"at step {stopped} of 40" in report.outputs[1]
+    resumed = report.outputs[2]
+    start = int(re.search(r"at step (\d+) of 40", resumed)[1])
+    assert stopped < start < 40
+    # 89 batches of 16 per digits epoch: the stream reads on mid-epoch.
+    assert f"from example {start * 16} of epoch 0." in resumed
     peak = 0.4 * 16 / 1024
-    start = int(re.search(r"at step (\d+) of 40", resumed.stdout)[1])
-    assert start == killed_at
-    lr = float(re.search(r"learning rate ([\d.e-]+)\.", resumed.stdout)[1])
+    lr = float(re.search(r"learning rate ([\d.e-]+);", resumed)[1])
     assert lr == pytest.approx(peak * (40 - start) / 40, rel=1e-4)
-    assert tf.train.latest_checkpoint(checkpoints).endswith("ckpt-40")
     saved = json.loads((model_dir / "config.json").read_text())
     assert saved["config"]["optimizer"]["lr"] == 0.4
-    assert saved["config"]["model"]["scale"] == 0.25
     assert saved["derived"]["total_steps"] == 40
-    assert saved["derived"]["peak_learning_rate"] == pytest.approx(peak)
     # The TensorBoard learning rate continues the one schedule.
     logged = {}
     for path in glob.glob(str(model_dir / "tensorboard" / "events.*")):
