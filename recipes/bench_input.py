@@ -1,10 +1,12 @@
 """Measures input-pipeline throughput in images per second per CPU core.
 
 Writes synthetic ImageNet-sized JPEGs (500x375, quality 90, ~95 KB) into a
-class-folder tree or TFRecord shards, then times the library's training and
-evaluation pipelines after a warm-up. Reports the median of several timed
-repeats, both as images per CPU-second of this process (per-core throughput,
-robust to other programs sharing the machine) and as wall-clock images/s.
+class-folder tree and TFRecord shards, then times the library's training and
+evaluation pipelines of each source after a warm-up, the sources' repeats
+interleaved so that both see the same machine. Reports the median of the
+timed repeats, both as images per CPU-second of this process (per-core
+throughput, robust to other programs sharing the machine) and as
+wall-clock images/s.
 
 Example:
     python recipes/bench_input.py --num_images=512 --threads=1
@@ -28,7 +30,9 @@ from keras_shufflenet import data
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_images", 512, "Synthetic JPEGs to write.")
 flags.DEFINE_integer("num_classes", 8, "Class folders to spread them over.")
-flags.DEFINE_enum("format", "folder", ["folder", "tfrecord"], "Source kind.")
+flags.DEFINE_list(
+    "formats", ["folder", "tfrecord"], "Sources to time: folder, tfrecord."
+)
 flags.DEFINE_string("data_dir", None, "Where to write; a temp dir if unset.")
 flags.DEFINE_integer("batch_size", 64, "Batch size.")
 flags.DEFINE_integer("image_size", 224, "Output side.")
@@ -73,6 +77,7 @@ def write_dataset(root, num_images, num_classes, kind):
                 f.write(encoded)
         return root, mean_bytes
     num_shards = 4
+    os.makedirs(root, exist_ok=True)
     for shard in range(num_shards):
         path = os.path.join(root, f"train-{shard:05d}-of-{num_shards:05d}")
         with tf.io.TFRecordWriter(path) as writer:
@@ -94,13 +99,8 @@ def write_dataset(root, num_images, num_classes, kind):
     return root, mean_bytes
 
 
-def time_pipeline(pipeline, training):
-    """Times repeats; returns (wall images/s, images per CPU-second) lists.
-
-    CPU seconds are this process's user + system time over all threads
-    (``time.process_time``), so images per CPU-second is the per-core
-    throughput even when other programs share the machine.
-    """
+def timed_batches(pipeline, training):
+    """An iterator of `(images counted, ...)` batches, warmed up."""
     batch = FLAGS.batch_size
     dataset = pipeline.dataset(training, batch)
     if not training:  # One eval pass ends; repeat it to time many batches.
@@ -108,28 +108,40 @@ def time_pipeline(pipeline, training):
     iterator = iter(dataset)
     for _ in range(max(1, FLAGS.warmup_images // batch)):
         next(iterator)
-    wall_rates, cpu_rates = [], []
-    steps = max(1, FLAGS.timed_images // batch)
-    for _ in range(FLAGS.repeats):
-        start, cpu_start = time.perf_counter(), time.process_time()
-        real = 0.0
-        for _ in range(steps):
-            element = next(iterator)
-            real += float(element[2].numpy().sum()) if not training else batch
-        wall_rates.append(real / (time.perf_counter() - start))
-        cpu_rates.append(real / (time.process_time() - cpu_start))
-    return wall_rates, cpu_rates
+    return iterator
 
 
-def main(argv):
-    del argv
-    with tempfile.TemporaryDirectory() as tmp:
-        root = FLAGS.data_dir or tmp
+def time_repeat(iterator, training):
+    """Times one repeat; returns (wall images/s, images per CPU-second).
+
+    CPU seconds are this process's user + system time over all threads
+    (``time.process_time``), so images per CPU-second is the per-core
+    throughput even when other programs share the machine.
+    """
+    batch = FLAGS.batch_size
+    start, cpu_start = time.perf_counter(), time.process_time()
+    real = 0.0
+    for _ in range(max(1, FLAGS.timed_images // batch)):
+        element = next(iterator)
+        real += float(element[2].numpy().sum()) if not training else batch
+    wall = real / (time.perf_counter() - start)
+    return wall, real / (time.process_time() - cpu_start)
+
+
+def build_pipelines(root):
+    """One pipeline per format over the same synthetic JPEGs."""
+    pipelines, mean_bytes = {}, 0.0
+    for kind in FLAGS.formats:
+        if kind not in ("folder", "tfrecord"):
+            raise ValueError(
+                f"--formats takes folder and tfrecord. Received: {kind!r}"
+            )
         path, mean_bytes = write_dataset(
-            root, FLAGS.num_images, FLAGS.num_classes, FLAGS.format
+            os.path.join(root, kind), FLAGS.num_images, FLAGS.num_classes,
+            kind,
         )
         config = data.InputConfig(
-            source=FLAGS.format,
+            source=kind,
             train_path=path,
             eval_path=path,
             num_classes=FLAGS.num_classes,
@@ -138,13 +150,19 @@ def main(argv):
             threadpool_size=FLAGS.threads,
             shuffle_buffer_size=1024,
         )
-        pipeline = data.InputPipeline(config)
+        pipelines[kind] = data.InputPipeline(config)
+    return pipelines, mean_bytes
+
+
+def main(argv):
+    del argv
+    with tempfile.TemporaryDirectory() as tmp:
+        pipelines, mean_bytes = build_pipelines(FLAGS.data_dir or tmp)
         results = {
             "tensorflow": tf.__version__,
             "python": platform.python_version(),
             "cpu_count": os.cpu_count(),
             "threads": FLAGS.threads,
-            "format": FLAGS.format,
             "num_images": FLAGS.num_images,
             "mean_jpeg_kb": round(mean_bytes / 1000, 1),
             "batch_size": FLAGS.batch_size,
@@ -152,32 +170,47 @@ def main(argv):
         }
         print(
             f"{FLAGS.num_images} JPEGs 500x375, mean "
-            f"{results['mean_jpeg_kb']} KB, {FLAGS.format}, "
-            f"threads={FLAGS.threads}"
+            f"{results['mean_jpeg_kb']} KB, threads={FLAGS.threads}; "
+            f"{FLAGS.repeats} interleaved repeats of {FLAGS.timed_images}"
         )
         for mode in FLAGS.modes:
-            wall, cpu = time_pipeline(pipeline, training=(mode == "train"))
-            wall_median = statistics.median(wall)
-            cpu_median = statistics.median(cpu)
-            results[mode] = {
-                "images_per_cpu_second_median": round(cpu_median, 1),
-                "images_per_s_median": round(wall_median, 1),
-                "images_per_s_per_thread": round(
-                    wall_median / FLAGS.threads, 1
-                ),
-                "images_per_cpu_second_repeats": [round(r, 1) for r in cpu],
-                "images_per_s_repeats": [round(r, 1) for r in wall],
+            training = mode == "train"
+            iterators = {
+                kind: timed_batches(p, training)
+                for kind, p in pipelines.items()
             }
-            print(
-                f"{mode:5s}: {cpu_median:6.1f} img per CPU-second (median; "
-                f"repeats {', '.join(f'{r:.0f}' for r in cpu)}) | wall "
-                f"{wall_median:6.1f} img/s = "
-                f"{wall_median / FLAGS.threads:6.1f} img/s/thread"
-            )
-        print(f"bad images: {pipeline.bad_image_count}")
+            rates = {kind: [] for kind in pipelines}
+            for _ in range(FLAGS.repeats):
+                for kind, iterator in iterators.items():
+                    rates[kind].append(time_repeat(iterator, training))
+            for kind, pairs in rates.items():
+                wall = [w for w, _ in pairs]
+                cpu = [c for _, c in pairs]
+                results[f"{kind}_{mode}"] = report(kind, mode, wall, cpu)
+        for kind, pipeline in pipelines.items():
+            print(f"bad images ({kind}): {pipeline.bad_image_count}")
         if FLAGS.output_json:
             with open(FLAGS.output_json, "w") as f:
                 json.dump(results, f, indent=2)
+
+
+def report(kind, mode, wall, cpu):
+    """Prints one row; returns its numbers."""
+    wall_median = statistics.median(wall)
+    cpu_median = statistics.median(cpu)
+    print(
+        f"{kind:8s} {mode:5s}: {cpu_median:6.1f} img per CPU-second "
+        f"(median; repeats {', '.join(f'{r:.0f}' for r in cpu)}) | wall "
+        f"{wall_median:6.1f} img/s = "
+        f"{wall_median / FLAGS.threads:6.1f} img/s/thread"
+    )
+    return {
+        "images_per_cpu_second_median": round(cpu_median, 1),
+        "images_per_s_median": round(wall_median, 1),
+        "images_per_s_per_thread": round(wall_median / FLAGS.threads, 1),
+        "images_per_cpu_second_repeats": [round(r, 1) for r in cpu],
+        "images_per_s_repeats": [round(r, 1) for r in wall],
+    }
 
 
 if __name__ == "__main__":

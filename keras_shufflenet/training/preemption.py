@@ -38,11 +38,18 @@ class StopSignals:
     usual way (`KeyboardInterrupt`), for a person who really means it.
     Outside the main thread, where Python cannot install handlers, it
     does nothing.
+
+    Args:
+        enabled: Whether to catch the signals. A multi-worker run passes
+            False: its checkpoint is a collective that every worker must
+            enter at the same step, and one worker's signal would stop
+            only that one.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self):
+    def __init__(self, enabled=True):
+        self.enabled = enabled
         self.received = None
         self._previous = {}
 
@@ -52,7 +59,7 @@ class StopSignals:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        if self.enabled and threading.current_thread() is threading.main_thread():
             for number in self.SIGNALS:
                 self._previous[number] = signal.signal(number, self._handle)
         return self

@@ -302,7 +302,10 @@ class Trainer:
         iterator = self._training_iterator()
         start = time.time()
         writer = self.log.writer()
-        with writer.as_default(), StopSignals() as signals:
+        multi_worker = isinstance(
+            self.strategy, tf.distribute.MultiWorkerMirroredStrategy
+        )
+        with writer.as_default(), StopSignals(not multi_worker) as signals:
             self._train(iterator, start, signals)
             if (
                 self.recalibration_steps
