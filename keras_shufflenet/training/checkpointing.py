@@ -48,6 +48,7 @@ class Checkpoints:
         self.history_path = os.path.join(model_dir, HISTORY_FILE)
         if chief:
             self._manager_dir = self.directory
+            self._remove_unfinished()
             self._rewrite_state()
         else:
             self._manager_dir = tempfile.mkdtemp(
@@ -77,6 +78,16 @@ class Checkpoints:
             if number.isdigit():
                 numbered.append((int(number), path[: -len(".index")]))
         return [path for _, path in sorted(numbered)]
+
+    def _remove_unfinished(self):
+        """Removes the temporary files of saves a kill interrupted; a
+        checkpoint's files get their final names only once written."""
+        pattern = os.path.join(self.directory, "ckpt-*_temp*")
+        for path in tf.io.gfile.glob(pattern):
+            if tf.io.gfile.isdir(path):
+                tf.io.gfile.rmtree(path)
+            else:
+                tf.io.gfile.remove(path)
 
     def _rewrite_state(self):
         """Makes the `checkpoint` state file list exactly `saved()`, so the

@@ -10,7 +10,6 @@ short plan on a tiny model.
 
 import dataclasses
 import glob
-import json
 import os
 import random
 import re
@@ -21,8 +20,6 @@ import time
 
 import numpy as np
 import tensorflow as tf
-
-from keras_shufflenet.training.config import CONFIG_FILE
 
 # What each fault waits for before it strikes.
 FAULTS = (
@@ -43,8 +40,9 @@ class FaultReport:
         faults: The faults injected, in order, with where each struck.
         runs: Processes started (the uninterrupted reference excluded).
         completed: Whether the last run exited 0.
-        steps_lost: Steps trained twice: reached before a fault, redone
-            after the restart.
+        steps_lost: Steps trained twice: logged before a fault, redone
+            after the restart (exact when the command logs every step,
+            `--train.log_every_steps=1`).
         identical: Whether the final checkpoint equals the reference's,
             bit for bit (None when there was no reference).
         mismatched: Checkpoint keys that differ.
@@ -106,17 +104,11 @@ class _Run:
         self._reader.join(5)
         return code
 
-    def reached(self, steps_per_epoch):
-        """The last global step its progress bars showed (0: none)."""
-        text = self.text().replace("\r", "\n")
-        reached, epoch = 0, 1
-        for line in text.splitlines():
-            start = re.match(r"Epoch (\d+)/\d+", line)
-            if start:
-                epoch = int(start[1])
-            for step in re.findall(r"(\d+)/\d+ \S", line):
-                reached = (epoch - 1) * steps_per_epoch + int(step)
-        return reached
+    def reached(self):
+        """The last global step it logged (0: none); a lower bound on
+        the step it reached when logging is sparser than every step."""
+        steps = re.findall(r"^Step (\d+)/\d+:", self.text(), re.MULTILINE)
+        return int(steps[-1]) if steps else 0
 
     def resumed_at(self):
         """The step it resumed from (0: it started from scratch)."""
@@ -242,7 +234,7 @@ def run_with_faults(
             lost += max(0, reached - run.resumed_at())
         if where is None:
             break
-        reached = run.reached(_steps_per_epoch(model_dir))
+        reached = run.reached()
         fault = pending.pop(0)
         injected.append(f"{fault} ({where}, exit {code})")
         say(f"Injected {fault} {where}; exit status {code}.")
@@ -264,14 +256,6 @@ def run_with_faults(
         injected, len(outputs), completed, lost, identical, mismatched,
         outputs,
     )
-
-
-def _steps_per_epoch(model_dir):
-    path = os.path.join(model_dir, CONFIG_FILE)
-    if not os.path.exists(path):
-        return 0
-    with open(path) as f:
-        return json.load(f)["derived"]["steps_per_epoch"]
 
 
 def _compare(model_dir, reference_dir):

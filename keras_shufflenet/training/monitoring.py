@@ -3,6 +3,7 @@ TensorBoard scalars, and the training-curve plot.
 """
 
 import os
+import sys
 
 import keras
 import numpy as np
@@ -154,8 +155,19 @@ class EpochProgress:
             )
 
     def log(self, step, lr):
-        """Writes the window's averages as scalars and starts a new one."""
+        """Writes the window's averages as scalars and starts a new one.
+
+        Where the console is not a terminal (a log file, a cluster job),
+        the progress bar shows only epochs' ends; there each log point
+        also prints one line with the global step.
+        """
         loss, top1 = self._window[:2] / self._window[2]
+        if self.verbose and not sys.stdout.isatty():
+            print(
+                f"Step {step}/{self.total_steps}: loss {loss:.4f}, top-1 "
+                f"{top1:.2%}, learning rate {lr:.4g}",
+                flush=True,
+            )
         summary_scalar("train/loss", loss, step)
         summary_scalar("train/top1", top1, step)
         summary_scalar("train/learning_rate", lr, step)

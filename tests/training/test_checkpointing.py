@@ -108,3 +108,15 @@ def test_a_cut_short_state_file_does_not_hide_the_checkpoints(tmp_path):
     checkpoints, step = _checkpoints(tmp_path, _model())
     assert checkpoints.restore(lambda line: None).endswith("ckpt-2")
     assert int(step.numpy()) == 2
+
+
+def test_files_of_a_save_cut_short_by_a_kill_are_removed(tmp_path):
+    model = _model()
+    checkpoints, step = _checkpoints(tmp_path, model)
+    _save(checkpoints, step, model, [1])
+    unfinished = tmp_path / "checkpoints" / "ckpt-2_temp"
+    unfinished.mkdir()
+    (unfinished / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"x")
+    checkpoints, step = _checkpoints(tmp_path, _model())
+    assert not unfinished.exists()
+    assert checkpoints.restore(lambda line: None).endswith("ckpt-1")
