@@ -69,7 +69,11 @@ def main(argv):
         reference_dir=os.path.join(work_dir, "uninterrupted"),
         seed=FLAGS.seed,
     )
+    for number, output in enumerate(report.outputs):
+        with open(os.path.join(work_dir, f"faulty_run_{number}.log"), "w") as f:
+            f.write(output)
     print(report.table())
+    print(f"Each run's output: {work_dir}/faulty_run_<n>.log")
     if report.mismatched:
         print("Differing tensors:", ", ".join(report.mismatched[:10]))
     return 0 if report.completed and report.identical else 1

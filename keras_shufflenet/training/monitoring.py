@@ -124,13 +124,18 @@ class EpochProgress:
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = total_steps
         self.verbose = verbose
+        # Keras redraws its bar with carriage returns, which a log file
+        # keeps as one endless line; there a line per log point instead.
+        self.lines = verbose and not sys.stdout.isatty()
         self._bar = None
+        self._open = False
         self._window = np.zeros(3)
         self.window_loss = self.window_top1 = None
 
     def begin(self, step):
         """Opens the epoch's progress bar before the steps after `step`."""
-        if self._bar is None and self.verbose:
+        if not self._open and self.verbose:
+            self._open = True
             epoch = step // self.steps_per_epoch
             epochs = -(-self.total_steps // self.steps_per_epoch)
             print(f"Epoch {epoch + 1}/{epochs}", flush=True)
@@ -138,7 +143,10 @@ class EpochProgress:
                 self.steps_per_epoch,
                 self.total_steps - epoch * self.steps_per_epoch,
             )
-            self._bar = keras.utils.Progbar(target, stateful_metrics=["lr"])
+            if not self.lines:
+                self._bar = keras.utils.Progbar(
+                    target, stateful_metrics=["lr"]
+                )
 
     def update(self, step, totals, lr):
         """Adds `[summed loss, correct, examples]` of the steps up to `step`."""
@@ -158,11 +166,11 @@ class EpochProgress:
         """Writes the window's averages as scalars and starts a new one.
 
         Where the console is not a terminal (a log file, a cluster job),
-        the progress bar shows only epochs' ends; there each log point
-        also prints one line with the global step.
+        each log point prints one line with the global step instead of
+        the progress bar.
         """
         loss, top1 = self._window[:2] / self._window[2]
-        if self.verbose and not sys.stdout.isatty():
+        if self.lines:
             print(
                 f"Step {step}/{self.total_steps}: loss {loss:.4f}, top-1 "
                 f"{top1:.2%}, learning rate {lr:.4g}",
@@ -177,3 +185,4 @@ class EpochProgress:
     def end_epoch(self):
         """Closes the epoch's progress bar."""
         self._bar = None
+        self._open = False
