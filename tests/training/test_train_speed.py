@@ -27,7 +27,7 @@ def test_fused_benchmark_model_is_the_training_graph_of_the_split_model():
 
 def test_training_throughput_reports_images_per_second():
     results = training_throughput(
-        ["shufflenet_0.25x_g3_split", "shufflenet_0.25x_g3_dense"],
+        ["shufflenet_0.25x_g3_shallow_split", "shufflenet_0.25x_g1_shallow_split"],
         batch_size=2, image_size=32, rounds=2, steps=1, warmup=1,
     )
     for stats in results.values():
