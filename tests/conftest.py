@@ -46,12 +46,18 @@ def pytest_runtest_call(item):
 
 
 def pytest_collection_modifyitems(items):
-    """Starts the tests that share an expensive fixture (an xdist_group).
+    """Starts the tests that share an expensive fixture (an xdist_group),
+    then the `long` ones.
 
-    One worker runs a group's tests one after another; a group scheduled
-    last would leave the other worker idle at the end.
+    One worker runs a group's tests one after another; a group or a long
+    test scheduled last would leave the other worker idle at the end.
     """
-    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("xdist_group") is None,
+            item.get_closest_marker("long") is None,
+        )
+    )
 
 
 def pytest_report_header():

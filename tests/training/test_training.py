@@ -348,6 +348,7 @@ def test_exported_model_reproduces_the_trained_model(cpu_run):
         assert png.size == (1400, 400)
 
 
+@pytest.mark.long
 def test_mirrored_float16_loss_scaling_skips_overflows_on_all_replicas(
     tmp_path, mirrored
 ):
@@ -407,6 +408,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.long
 def test_multi_worker_two_processes_end_with_identical_weights(tmp_path):
     config = tiny_config(
         tmp_path / "run",
@@ -457,6 +459,7 @@ def test_multi_worker_two_processes_end_with_identical_weights(tmp_path):
     assert saved["derived"]["num_replicas"] == 2
 
 
+@pytest.mark.long
 def test_sigterm_then_kill_9_then_restart_ends_with_identical_weights(
     tmp_path,
 ):
