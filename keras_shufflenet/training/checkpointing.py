@@ -20,6 +20,17 @@ from keras_shufflenet.utils.files import atomic_path
 from keras_shufflenet.utils.files import write_atomic
 
 
+def checkpoint_paths(directory):
+    """The `ckpt-N` prefixes in `directory` with an index file, by `N`."""
+    numbered = []
+    for path in tf.io.gfile.glob(os.path.join(directory, "ckpt-*.index")):
+        prefix = path[: -len(".index")]
+        number = prefix.rsplit("-", 1)[1]
+        if number.isdigit():
+            numbered.append((int(number), prefix))
+    return [prefix for _, prefix in sorted(numbered)]
+
+
 class CheckpointError(RuntimeError):
     """No checkpoint of a run's `model_dir` can be restored."""
 
@@ -71,13 +82,7 @@ class Checkpoints:
         The index files decide, not TF's `checkpoint` state file, which a
         crash can leave stale or cut short.
         """
-        paths = tf.io.gfile.glob(os.path.join(self.directory, "ckpt-*.index"))
-        numbered = []
-        for path in paths:
-            number = path[: -len(".index")].rsplit("-", 1)[1]
-            if number.isdigit():
-                numbered.append((int(number), path[: -len(".index")]))
-        return [path for _, path in sorted(numbered)]
+        return checkpoint_paths(self.directory)
 
     def _remove_unfinished(self):
         """Removes the temporary files of saves a kill interrupted; a

@@ -21,6 +21,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from keras_shufflenet.training.checkpointing import checkpoint_paths
+
 # What each fault waits for before it strikes.
 FAULTS = (
     "kill_during_step",
@@ -116,17 +118,6 @@ class _Run:
         return int(found[1]) if found else 0
 
 
-def checkpoint_numbers(model_dir):
-    """The numbers of the checkpoints in `<model_dir>/checkpoints`."""
-    pattern = os.path.join(model_dir, "checkpoints", "ckpt-*.index")
-    numbers = []
-    for path in glob.glob(pattern):
-        number = os.path.basename(path)[len("ckpt-") : -len(".index")]
-        if number.isdigit():
-            numbers.append(int(number))
-    return sorted(numbers)
-
-
 def checkpoint_tensors(path):
     """Every saved tensor of a checkpoint but its save counter."""
     reader = tf.train.load_checkpoint(path)
@@ -138,8 +129,9 @@ def checkpoint_tensors(path):
 
 
 def _newest(model_dir):
-    numbers = checkpoint_numbers(model_dir)
-    return numbers[-1] if numbers else 0
+    """The newest checkpoint's number (0: none)."""
+    paths = checkpoint_paths(os.path.join(model_dir, "checkpoints"))
+    return int(paths[-1].rsplit("-", 1)[1]) if paths else 0
 
 
 def _strike(run, fault, model_dir, rng, timeout):
