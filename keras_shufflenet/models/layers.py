@@ -312,6 +312,13 @@ class PointwiseGroupConv2D(keras.layers.Layer):
         implementation = (
             self.implementation if training else self.inference_implementation
         )
+        if implementation == "grouped" and _eager_tensorflow(inputs):
+            # Keras' TensorFlow backend wraps each eager grouped convolution
+            # in a new XLA-compiled function, compiled again on every call
+            # (about 20 ms a layer); the split form computes the same
+            # function without it. Traced graphs (predict, export) keep one
+            # grouped convolution.
+            implementation = "split"
         # A 1x1 NCHW convolution without groups runs on TensorFlow's CPU
         # kernels only with oneDNN; Keras compiles grouped ones with XLA.
         if implementation == "grouped" and (
@@ -375,6 +382,13 @@ class PointwiseGroupConv2D(keras.layers.Layer):
             }
         )
         return config
+
+
+def _eager_tensorflow(x):
+    """Whether `x` is an eager tensor of Keras' TensorFlow backend."""
+    # An EagerTensor has `.numpy()`; a tf.function's symbolic tensor and a
+    # KerasTensor do not.
+    return keras.backend.backend() == "tensorflow" and hasattr(x, "numpy")
 
 
 def iter_layers(model):
