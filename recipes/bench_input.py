@@ -1,17 +1,19 @@
 """Measures input-pipeline throughput in images per second per CPU core.
 
 Writes synthetic ImageNet-sized JPEGs (500x375, quality 90, ~95 KB) into a
-class-folder tree and TFRecord shards, then times the library's training and
-evaluation pipelines of each source after a warm-up, the sources' repeats
-interleaved so that both see the same machine. Reports the median of the
-timed repeats, both as images per CPU-second of this process (per-core
-throughput, robust to other programs sharing the machine) and as
-wall-clock images/s.
+class-folder tree and TFRecord shards, then times the library's training
+and evaluation pipelines of each source after a warm-up. The sources'
+repeats are interleaved so that both see the same machine, and each repeat
+runs on a fresh iterator so that no other pipeline's threads run while one
+is timed. Reports the median of the timed repeats, both as images per
+CPU-second of this process (per-core throughput, robust to other programs
+sharing the machine) and as wall-clock images/s.
 
 Example:
     python recipes/bench_input.py --num_images=512 --threads=1
 """
 
+import gc
 import json
 import os
 import platform
@@ -175,14 +177,15 @@ def main(argv):
         )
         for mode in FLAGS.modes:
             training = mode == "train"
-            iterators = {
-                kind: timed_batches(p, training)
-                for kind, p in pipelines.items()
-            }
             rates = {kind: [] for kind in pipelines}
             for _ in range(FLAGS.repeats):
-                for kind, iterator in iterators.items():
+                for kind, pipeline in pipelines.items():
+                    # One live iterator at a time: another's prefetching
+                    # threads would run, and be counted, during this timing.
+                    iterator = timed_batches(pipeline, training)
                     rates[kind].append(time_repeat(iterator, training))
+                    del iterator
+                    gc.collect()
             for kind, pairs in rates.items():
                 wall = [w for w, _ in pairs]
                 cpu = [c for _, c in pairs]
