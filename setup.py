@@ -48,6 +48,8 @@ setuptools.setup(
             "pytest-xdist>=3",
             "pillow",
             "torch==2.13.0",
+            # The model family on Keras' JAX backend (CPU build).
+            "jax==0.10.2",
             "ai-edge-quantizer==0.10.0",
             # .ci/run lints with the configuration in pyproject.toml.
             "ruff>=0.15",

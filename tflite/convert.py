@@ -28,6 +28,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from keras_shufflenet import data  # noqa: E402
 from keras_shufflenet import lite  # noqa: E402
 from keras_shufflenet.utils.cli import exit_on_errors  # noqa: E402
+from keras_shufflenet.utils.cli import run_on_tensorflow  # noqa: E402
+
+run_on_tensorflow(os.path.basename(__file__))
 
 lite.define_model_flags("to convert")
 _IMAGE_SIZE = flags.DEFINE_integer(

@@ -1,5 +1,6 @@
 """Helpers for the command-line programs in recipes/, tflite/ and tools/."""
 
+import os
 import sys
 
 
@@ -24,3 +25,31 @@ def exit_on_errors(main, errors=(FileNotFoundError, ValueError)):
             sys.exit(f"ERROR: {e}")
 
     return run
+
+
+def run_on_tensorflow(program):
+    """Runs this program again under Keras' TensorFlow backend if needed.
+
+    TFLite conversion and evaluation trace TensorFlow graphs, so they need
+    Keras' TensorFlow backend; a `.keras` file saved under JAX or PyTorch
+    loads there unchanged. Under another backend (`KERAS_BACKEND=jax`),
+    this replaces the process with the same command and
+    `KERAS_BACKEND=tensorflow`, and says so.
+
+    Args:
+        program: The program's name, for the message.
+    """
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return
+    print(
+        f"{program} runs on TensorFlow; running it again with "
+        f"KERAS_BACKEND=tensorflow (Keras' backend here: {backend}). "
+        "Models saved under any backend load there.",
+        file=sys.stderr,
+        flush=True,
+    )
+    env = dict(os.environ, KERAS_BACKEND="tensorflow")
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
