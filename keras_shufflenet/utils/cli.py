@@ -3,6 +3,8 @@
 import os
 import sys
 
+import keras
+
 
 def exit_on_errors(main, errors=(FileNotFoundError, ValueError)):
     """Wraps an absl `main` so that `errors` end the program in one line.
@@ -39,8 +41,6 @@ def run_on_tensorflow(program):
     Args:
         program: The program's name, for the message.
     """
-    import keras
-
     backend = keras.backend.backend()
     if backend == "tensorflow":
         return
