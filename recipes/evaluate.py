@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from keras_shufflenet import training
 from keras_shufflenet.training.flags import recipe_config
+from keras_shufflenet.utils.cli import exit_on_errors
 
 CONFIGS_DIR = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "configs"
@@ -51,4 +52,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    # Bad flags, missing files and too many undecodable images
+    # (data.BadDataError) end in one line.
+    app.run(exit_on_errors(main))

@@ -271,6 +271,10 @@ def evaluate_model(model_path, config, strategy=None):
     Returns:
         A dict with `top1`, `top5`, `loss` (fractions / nats), `examples`
         (every example of the split, counted once) and `bad_images`.
+
+    Raises:
+        data.BadDataError: More than `config.data.max_bad_fraction` of the
+            split's images could not be decoded.
     """
     config = resolve_config(
         dataclasses.replace(config, model_dir=config.model_dir or ".")
@@ -313,4 +317,8 @@ def evaluate_model(model_path, config, strategy=None):
         config.train.eval_batch_size or config.train.batch_size,
         from_logits=not _returns_probabilities(model),
     )
-    return evaluator.evaluate()
+    metrics = evaluator.evaluate()
+    # Top-1 over a split missing more than a few of its images would
+    # describe another split.
+    pipeline.check_bad_images()
+    return metrics

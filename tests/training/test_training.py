@@ -542,6 +542,8 @@ def test_evaluate_program_reports_top1_of_a_folder_dataset(cpu_run, tmp_path):
             f"--data.eval_path={tmp_path / 'val'}",
             "--data.crop_fraction=1.0",
             "--train.eval_batch_size=16",
+            # One broken file in 41 is 2.4%.
+            "--data.max_bad_fraction=0.05",
             f"--output_json={out}",
         ]
     )
@@ -552,6 +554,35 @@ def test_evaluate_program_reports_top1_of_a_folder_dataset(cpu_run, tmp_path):
     assert metrics["top1"] == pytest.approx(expected)
     assert metrics["top1"] <= metrics["top5"]
     assert f"top-1 accuracy {expected:.2%}" in completed.stdout
+
+
+@pytest.mark.xdist_group("cpu_run")
+def test_evaluation_of_a_split_with_too_many_bad_images_stops(
+    cpu_run, tmp_path
+):
+    _, result = cpu_run
+    (_, _), (images, labels) = data.load_digits_arrays(32)
+    for d in range(10):
+        folder = tmp_path / "val" / str(d)
+        folder.mkdir(parents=True)
+        Image.fromarray(images[np.flatnonzero(labels == d)[0]]).save(
+            folder / "good.png"
+        )
+    (tmp_path / "val" / "3" / "broken.png").write_bytes(b"not a png")
+    config = training.apply_overrides(
+        tiny_config(tmp_path / "unused"),
+        {
+            "data.source": "folder",
+            "data.eval_path": str(tmp_path / "val"),
+            "data.crop_fraction": 1.0,
+        },
+    )
+    # One broken file in 11 is 9%, over the default 1%.
+    with pytest.raises(
+        data.BadDataError, match=r"1 of 11 .*data.max_bad_fraction=0.01.*"
+        r"broken.png"
+    ):
+        training.evaluate_model(result.keras_path, config)
 
 
 def test_data_model_scale_follows_the_model_and_a_conflict_is_refused(
