@@ -86,15 +86,12 @@ def backend_runs(tmp_path_factory):
     (work / "variants.json").write_text(
         json.dumps({"variants": variants, "load": LOADED, "fit": "g3-se"})
     )
-    # JAX compiles every weight initializer's shape on its own; at XLA's
-    # lowest backend optimization level that takes a third of the time.
-    xla_flags = " ".join(
-        [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]
-    ).strip()
+    # (JAX compiles each weight initializer's shape on its own: conftest's
+    # XLA_FLAGS make that a third as long.)
     processes = {
         backend: subprocess.Popen(
             [sys.executable, WORKER, str(work)],
-            env=dict(os.environ, KERAS_BACKEND=backend, XLA_FLAGS=xla_flags,
+            env=dict(os.environ, KERAS_BACKEND=backend,
                      TF_CPP_MIN_LOG_LEVEL="3"),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
