@@ -35,8 +35,103 @@ class CheckpointError(RuntimeError):
     """No checkpoint of a run's `model_dir` can be restored."""
 
 
-class Checkpoints:
-    """The checkpoints and the history of one run.
+class RunRecords:
+    """What every kind of checkpoints shares: the evaluation history, the
+    model a `model_dir` was started with, and restoring the newest
+    checkpoint that can be restored. Subclasses list (`saved`), restore
+    (`_restore`) and set aside (`_set_aside`) their checkpoints.
+
+    Args:
+        model_dir: The run's directory.
+        chief: Whether this process writes `model_dir`'s history.
+    """
+
+    # What a damaged or foreign checkpoint raises when restored.
+    RESTORE_ERRORS = (ValueError, AssertionError, IndexError, KeyError)
+
+    def __init__(self, model_dir, chief):
+        self.model_dir = model_dir
+        self.chief = chief
+        self.directory = os.path.join(model_dir, "checkpoints")
+        self.history_path = os.path.join(model_dir, HISTORY_FILE)
+        self.restored_optional = set()
+
+    def latest(self):
+        """The newest checkpoint's path in `model_dir`, or None."""
+        saved = self.saved()
+        return saved[-1] if saved else None
+
+    def restore(self, say=print, optional=()):
+        """Restores the newest usable checkpoint; returns its path or None.
+
+        A checkpoint that cannot be restored (cut short, empty, of other
+        shapes or another model) is reported by name, moved to
+        `checkpoints/unusable/` and the one before it tried.
+
+        Args:
+            say: Prints one line.
+            optional: Names of checkpointed objects that older checkpoints
+                lack; restored when present (see `restored_optional`).
+
+        Raises:
+            CheckpointError: `model_dir` holds checkpoints but none can be
+                restored.
+        """
+        saved = self.saved()
+        self.restored_optional = set()
+        for path in reversed(saved):
+            try:
+                self._restore(path, optional)
+            except self.RESTORE_ERRORS as e:
+                reason = str(e).strip().splitlines()[0][:300]
+                say(
+                    f"Checkpoint {path} cannot be restored "
+                    f"({type(e).__name__}: {reason}); moved to "
+                    f"{self._set_aside(path)}, trying the one before."
+                )
+                continue
+            return path
+        if saved:
+            raise CheckpointError(
+                f"None of the {len(saved)} checkpoints in {self.directory} "
+                "can be restored (moved to its unusable/ folder). Start "
+                "with a new `model_dir`, or move them back to retry."
+            )
+        return None
+
+    def history(self, up_to_step):
+        """The saved evaluation history, up to the restored step."""
+        if not tf.io.gfile.exists(self.history_path):
+            return []
+        with tf.io.gfile.GFile(self.history_path) as f:
+            return [h for h in json.load(f) if h["step"] <= up_to_step]
+
+    def write_history(self, history):
+        """Writes the history (chief only), atomically."""
+        if self.chief:
+            write_atomic(self.history_path, json.dumps(history, indent=1))
+
+    def check_model(self, model_config):
+        """Refuses a `model_dir` whose checkpoints are of another model."""
+        path = os.path.join(self.model_dir, CONFIG_FILE)
+        if not tf.io.gfile.exists(path) or self.latest() is None:
+            return
+        saved = load_config(path)
+        # The group conv lowering and BN synchronisation keep the same
+        # weights, so a run may resume with another choice of either.
+        fields = ("scale", "groups", "se", "shallow", "shuffle")
+        before = {f: getattr(saved.model, f) for f in fields}
+        now = {f: getattr(model_config, f) for f in fields}
+        if before != now:
+            raise ValueError(
+                f"model_dir={self.model_dir!r} holds checkpoints of "
+                f"another model ({before}); this run is {now}. Use a new "
+                "`model_dir`."
+            )
+
+
+class Checkpoints(RunRecords):
+    """The TensorFlow checkpoints and the history of one run.
 
     Every worker saves (saving is a collective under multi-worker
     strategies); only the chief writes to `model_dir`, the others to a
@@ -52,11 +147,10 @@ class Checkpoints:
         **objects: What a checkpoint holds (model, optimizer, ...).
     """
 
+    RESTORE_ERRORS = (tf.errors.OpError, *RunRecords.RESTORE_ERRORS)
+
     def __init__(self, model_dir, chief, max_to_keep, **objects):
-        self.model_dir = model_dir
-        self.chief = chief
-        self.directory = os.path.join(model_dir, "checkpoints")
-        self.history_path = os.path.join(model_dir, HISTORY_FILE)
+        super().__init__(model_dir, chief)
         if chief:
             self._manager_dir = self.directory
             self._remove_unfinished()
@@ -67,7 +161,6 @@ class Checkpoints:
             )
         self.max_to_keep = max_to_keep
         self.objects = objects
-        self.restored_optional = set()
         self.checkpoint = tf.train.Checkpoint(**objects)
         self.manager = self._new_manager()
 
@@ -114,50 +207,6 @@ class Checkpoints:
         elif tf.io.gfile.exists(state):
             tf.io.gfile.remove(state)
 
-    def latest(self):
-        """The newest checkpoint's path in `model_dir`, or None."""
-        saved = self.saved()
-        return saved[-1] if saved else None
-
-    def restore(self, say=print, optional=()):
-        """Restores the newest usable checkpoint; returns its path or None.
-
-        A checkpoint that cannot be restored (cut short, empty, of other
-        shapes or another model) is reported by name, moved to
-        `checkpoints/unusable/` and the one before it tried.
-
-        Args:
-            say: Prints one line.
-            optional: Names of checkpointed objects that older checkpoints
-                lack; restored when present (see `restored_optional`).
-
-        Raises:
-            CheckpointError: `model_dir` holds checkpoints but none can be
-                restored.
-        """
-        saved = self.saved()
-        self.restored_optional = set()
-        for path in reversed(saved):
-            try:
-                self._restore(path, optional)
-            except (tf.errors.OpError, ValueError, AssertionError,
-                    IndexError, KeyError) as e:
-                reason = str(e).strip().splitlines()[0][:300]
-                say(
-                    f"Checkpoint {path} cannot be restored "
-                    f"({type(e).__name__}: {reason}); moved to "
-                    f"{self._set_aside(path)}, trying the one before."
-                )
-                continue
-            return path
-        if saved:
-            raise CheckpointError(
-                f"None of the {len(saved)} checkpoints in {self.directory} "
-                "can be restored (moved to its unusable/ folder). Start "
-                "with a new `model_dir`, or move them back to retry."
-            )
-        return None
-
     def _restore(self, path, optional):
         required = {
             k: v for k, v in self.objects.items() if k not in optional
@@ -192,37 +241,11 @@ class Checkpoints:
         self.manager = self._new_manager()
         return folder
 
-    def history(self, up_to_step):
-        """The saved evaluation history, up to the restored step."""
-        if not tf.io.gfile.exists(self.history_path):
-            return []
-        with tf.io.gfile.GFile(self.history_path) as f:
-            return [h for h in json.load(f) if h["step"] <= up_to_step]
-
     def save(self, step, history):
         """Writes checkpoint `step` (all workers) and the history (chief)."""
         path = self.manager.save(checkpoint_number=step)
-        if self.chief:
-            write_atomic(self.history_path, json.dumps(history, indent=1))
+        self.write_history(history)
         return path
-
-    def check_model(self, model_config):
-        """Refuses a `model_dir` whose checkpoints are of another model."""
-        path = os.path.join(self.model_dir, CONFIG_FILE)
-        if not tf.io.gfile.exists(path) or self.latest() is None:
-            return
-        saved = load_config(path)
-        # The group conv lowering and BN synchronisation keep the same
-        # weights, so a run may resume with another choice of either.
-        fields = ("scale", "groups", "se", "shallow", "shuffle")
-        before = {f: getattr(saved.model, f) for f in fields}
-        now = {f: getattr(model_config, f) for f in fields}
-        if before != now:
-            raise ValueError(
-                f"model_dir={self.model_dir!r} holds checkpoints of "
-                f"another model ({before}); this run is {now}. Use a new "
-                "`model_dir`."
-            )
 
     def close(self):
         """Removes a non-chief worker's private checkpoints."""

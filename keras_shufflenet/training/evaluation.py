@@ -9,6 +9,7 @@ import sys
 
 import keras
 import tensorflow as tf
+from keras import ops
 
 from keras_shufflenet.data.pipeline import InputPipeline
 from keras_shufflenet.models.loading import load_model
@@ -34,7 +35,44 @@ def sum_over_steps(strategy, step_fn, iterator, num_steps, size):
     return totals
 
 
-def _fixed_steps_eval_dataset_fn(pipeline, global_batch, steps):
+def evaluation_sums(outputs, labels, weights, from_logits=True):
+    """Weighted counts of one evaluation batch, in `keras.ops`.
+
+    Shared by the TensorFlow `Evaluator` and the JAX trainer.
+
+    Args:
+        outputs: `[batch, classes]` logits or probabilities.
+        labels: `[batch]` integer labels.
+        weights: `[batch]` weights (0 for padding rows).
+        from_logits: Whether `outputs` are logits.
+
+    Returns:
+        A float32 vector `[top-1 correct, top-5 correct, summed loss,
+        summed weight]`.
+    """
+    outputs = ops.cast(outputs, "float32")
+    labels = ops.cast(labels, "int32")
+    weights = ops.cast(weights, "float32")
+    label_output = ops.take_along_axis(outputs, labels[:, None], axis=1)
+    # Rank of the true class; ties count in its favour.
+    rank = ops.sum(ops.cast(outputs > label_output, "float32"), axis=1)
+    if from_logits:
+        loss = ops.sparse_categorical_crossentropy(
+            labels, outputs, from_logits=True
+        )
+    else:
+        loss = -ops.log(ops.maximum(label_output[:, 0], 1e-7))
+    return ops.stack(
+        [
+            ops.sum(weights * ops.cast(rank < 1, "float32")),
+            ops.sum(weights * ops.cast(rank < 5, "float32")),
+            ops.sum(weights * loss),
+            ops.sum(weights),
+        ]
+    )
+
+
+def padded_evaluation_dataset_fn(pipeline, global_batch, steps):
     """Eval batches padded so that every replica runs the same steps.
 
     `InputPipeline` pads each input pipeline's shard to whole per-replica
@@ -123,35 +161,14 @@ class Evaluator:
             )
         steps = {}
         self._dataset = strategy.distribute_datasets_from_function(
-            _fixed_steps_eval_dataset_fn(pipeline, batch_size, steps)
+            padded_evaluation_dataset_fn(pipeline, batch_size, steps)
         )
         self.steps = steps["count"]
         self._loop = tf.function(self._eval_loop)
 
     def _eval_step(self, images, labels, weights):
-        logits = tf.cast(
-            self.model(tf.cast(images, tf.float32), training=False),
-            tf.float32,
-        )
-        label_logit = tf.gather(logits, labels, axis=1, batch_dims=1)
-        # Rank of the true class; ties count in its favour.
-        rank = tf.reduce_sum(
-            tf.cast(logits > label_logit[:, None], tf.float32), axis=1
-        )
-        if self.from_logits:
-            loss = tf.nn.sparse_softmax_cross_entropy_with_logits(
-                labels=labels, logits=logits
-            )
-        else:
-            loss = -tf.math.log(tf.maximum(label_logit, 1e-7))
-        return tf.stack(
-            [
-                tf.reduce_sum(weights * tf.cast(rank < 1, tf.float32)),
-                tf.reduce_sum(weights * tf.cast(rank < 5, tf.float32)),
-                tf.reduce_sum(weights * loss),
-                tf.reduce_sum(weights),
-            ]
-        )
+        logits = self.model(tf.cast(images, tf.float32), training=False)
+        return evaluation_sums(logits, labels, weights, self.from_logits)
 
     def _eval_loop(self, iterator, steps):
         return sum_over_steps(
@@ -161,23 +178,39 @@ class Evaluator:
     def evaluate(self):
         """Returns `{"top1", "top5", "loss", "examples", "bad_images"}`."""
         totals = self._loop(iter(self._dataset), tf.constant(self.steps))
-        top1, top5, loss, count = (float(t) for t in totals.numpy())
-        examples = round(count)
-        if examples != self.num_examples:
-            print(
-                f"WARNING: evaluated {examples} of {self.num_examples} "
-                "examples; the input shards are uneven (TFRecord files "
-                "split over workers). Metrics cover the evaluated ones.",
-                file=sys.stderr,
-            )
-        count = max(count, 1.0)
-        return {
-            "top1": top1 / count,
-            "top5": top5 / count,
-            "loss": loss / count,
-            "examples": examples,
-            "bad_images": self.pipeline.bad_image_count,
-        }
+        return evaluation_metrics(
+            totals.numpy(), self.num_examples, self.pipeline.bad_image_count
+        )
+
+
+def evaluation_metrics(totals, num_examples, bad_images):
+    """The metrics dict from summed `evaluation_sums` of a whole split.
+
+    Args:
+        totals: `[top-1 correct, top-5 correct, summed loss, examples]`.
+        num_examples: Examples the split holds (a shortfall is warned of).
+        bad_images: Undecodable images skipped.
+
+    Returns:
+        `{"top1", "top5", "loss", "examples", "bad_images"}`.
+    """
+    top1, top5, loss, count = (float(t) for t in totals)
+    examples = round(count)
+    if examples != num_examples:
+        print(
+            f"WARNING: evaluated {examples} of {num_examples} "
+            "examples; the input shards are uneven (TFRecord files "
+            "split over workers). Metrics cover the evaluated ones.",
+            file=sys.stderr,
+        )
+    count = max(count, 1.0)
+    return {
+        "top1": top1 / count,
+        "top5": top5 / count,
+        "loss": loss / count,
+        "examples": examples,
+        "bad_images": bad_images,
+    }
 
 
 class BatchNormRecalibration:

@@ -4,6 +4,7 @@ scaled with the batch, weight decay on the kernels only (section 4).
 
 import keras
 import tensorflow as tf
+from keras import ops
 
 
 def scaled_learning_rate(lr, batch_size, reference_batch_size=1024):
@@ -55,13 +56,14 @@ class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.warmup_steps = int(warmup_steps)
 
     def __call__(self, step):
-        step = tf.cast(step, tf.float32)
+        # keras.ops: the optimizer calls it inside TF graphs and JAX jits.
+        step = ops.cast(step, "float32")
         decay = (self.total_steps - step) / float(
             self.total_steps - self.warmup_steps
         )
-        rate = tf.clip_by_value(decay, 0.0, 1.0)
+        rate = ops.clip(decay, 0.0, 1.0)
         if self.warmup_steps:
-            rate = tf.minimum(rate, (step + 1.0) / self.warmup_steps)
+            rate = ops.minimum(rate, (step + 1.0) / self.warmup_steps)
         return self.peak * rate
 
     def get_config(self):
@@ -70,6 +72,37 @@ class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
             "total_steps": self.total_steps,
             "warmup_steps": self.warmup_steps,
         }
+
+
+def smoothed_cross_entropy(labels, logits, num_classes, smoothing):
+    """Per-example softmax cross-entropy against label-smoothed targets.
+
+    Args:
+        labels: `[batch]` integer labels.
+        logits: `[batch, num_classes]` logits (cast to float32).
+        num_classes: Classifier width.
+        smoothing: Label smoothing: the target puts `1 - smoothing +
+            smoothing / num_classes` on the label, `smoothing /
+            num_classes` elsewhere.
+
+    Returns:
+        A float32 `[batch]` tensor.
+    """
+    targets = ops.one_hot(labels, num_classes) * (1.0 - smoothing)
+    targets = targets + smoothing / num_classes
+    return ops.categorical_crossentropy(
+        targets, ops.cast(logits, "float32"), from_logits=True
+    )
+
+
+def training_sums(labels, logits, per_example_loss):
+    """`[summed loss, correct top-1, examples]` of one training batch."""
+    predictions = ops.cast(ops.argmax(logits, axis=1), "int32")
+    correct = ops.sum(
+        ops.cast(ops.equal(predictions, ops.cast(labels, "int32")), "float32")
+    )
+    count = ops.cast(ops.shape(labels)[0], "float32")
+    return ops.stack([ops.sum(per_example_loss), correct, count])
 
 
 def weight_decay_variables(model):
@@ -110,16 +143,23 @@ def weight_decay_loss(model, weight_decay):
     Returns:
         A float32 scalar tensor.
     """
-    kernels = weight_decay_variables(model)
+    return weight_decay_penalty(weight_decay_variables(model), weight_decay)
+
+
+def weight_decay_penalty(kernels, weight_decay):
+    """`weight_decay / 2 * sum(||w||^2)` over `kernels`, in `keras.ops`.
+
+    Args:
+        kernels: Variables or arrays (a JAX step passes its traced values).
+        weight_decay: Coefficient.
+
+    Returns:
+        A float32 scalar.
+    """
     if not weight_decay or not kernels:
-        return tf.constant(0.0)
-    return (
-        0.5
-        * weight_decay
-        * tf.add_n(
-            [tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in kernels]
-        )
-    )
+        return ops.zeros((), "float32")
+    squares = [ops.sum(ops.square(ops.cast(v, "float32"))) for v in kernels]
+    return 0.5 * weight_decay * ops.sum(ops.stack(squares))
 
 
 def apply_gradients(optimizer, grads, variables):

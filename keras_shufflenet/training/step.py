@@ -12,6 +12,8 @@ import tensorflow as tf
 from keras_shufflenet.training.distribution import batch_norm_layers
 from keras_shufflenet.training.evaluation import sum_over_steps
 from keras_shufflenet.training.optimization import apply_gradients
+from keras_shufflenet.training.optimization import smoothed_cross_entropy
+from keras_shufflenet.training.optimization import training_sums
 from keras_shufflenet.training.optimization import weight_decay_loss
 
 
@@ -96,18 +98,12 @@ class TrainStep:
 
     def _step(self, images, labels):
         replicas = self.strategy.num_replicas_in_sync
-        smoothing = self.label_smoothing
         with tf.GradientTape() as tape:
-            logits = tf.cast(
-                self.train_model(tf.cast(images, tf.float32), training=True),
-                tf.float32,
+            logits = self.train_model(
+                tf.cast(images, tf.float32), training=True
             )
-            targets = tf.one_hot(labels, self.num_classes)
-            targets = targets * (1.0 - smoothing) + smoothing / (
-                self.num_classes
-            )
-            per_example = tf.nn.softmax_cross_entropy_with_logits(
-                labels=targets, logits=logits
+            per_example = smoothed_cross_entropy(
+                labels, logits, self.num_classes, self.label_smoothing
             )
             # Gradients are summed over replicas: divide by the global
             # batch, and the weight penalty by the number of replicas.
@@ -117,12 +113,7 @@ class TrainStep:
         variables = self.model.trainable_variables
         grads = tape.gradient(scaled, variables)
         apply_gradients(self.optimizer, grads, variables)
-        predictions = tf.argmax(logits, axis=1, output_type=tf.int32)
-        correct = tf.reduce_sum(
-            tf.cast(tf.equal(predictions, labels), tf.float32)
-        )
-        count = tf.cast(tf.shape(labels)[0], tf.float32)
-        return tf.stack([tf.reduce_sum(per_example), correct, count])
+        return training_sums(labels, logits, per_example)
 
     def _sync_moving_statistics(self):
         # Keras' BN statistics are mirrored variables with no aggregation:

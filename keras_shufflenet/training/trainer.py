@@ -3,7 +3,10 @@
 One custom training loop (`strategy.run` inside a `tf.function`) serves every
 `tf.distribute` strategy: CPU, one GPU, MirroredStrategy, MultiWorkerMirrored
 and TPUStrategy. Keras 3's `model.fit` is not used because it fails under
-MultiWorkerMirroredStrategy (keras-team/keras#20585).
+MultiWorkerMirroredStrategy (keras-team/keras#20585). `JaxTrainer`
+(jax_training.py) runs the same loop on the JAX backend by replacing the
+devices, the step, evaluation and checkpoints (`_set_up_devices`,
+`_scope`, `_set_up_training`, `_training_iterator`).
 
 Reference:
     Zhang et al., "ShuffleNet", section 4 (training settings); the official
@@ -90,11 +93,9 @@ class Trainer:
     def __init__(self, config, strategy=None, verbose=True):
         config = resolve_config(config)
         self.config = config
-        self.strategy = strategy or create_strategy(config.strategy, config.tpu)
-        self.chief = is_chief(self.strategy)
+        self._set_up_devices(strategy)
         self.log = RunLog(config.model_dir, self.chief, verbose)
         self.verbose = self.log.verbose
-        self.policy = precision_policy(config.precision, self.strategy)
         keras.utils.set_random_seed(config.train.seed)
         if config.train.deterministic:
             # Process-wide, as TF offers it; the data order and
@@ -108,6 +109,37 @@ class Trainer:
             self.peak_lr, self.total_steps, self.warmup_steps
         )
         self.model, self.train_model, self.optimizer = self._build()
+        self._set_up_training()
+        self.checkpoint_dir = self.checkpoints.directory
+        self.history = []
+        self._bad_names_logged = 0
+
+    def _set_up_devices(self, strategy):
+        """The `tf.distribute` strategy, its replicas and the precision."""
+        if keras.backend.backend() != "tensorflow":
+            raise ValueError(
+                "`Trainer` runs on the TensorFlow backend; on JAX use "
+                "`training.train(config)`, which picks `JaxTrainer`. "
+                f"Received: KERAS_BACKEND={keras.backend.backend()!r}"
+            )
+        config = self.config
+        self.strategy = strategy or create_strategy(config.strategy, config.tpu)
+        self.chief = is_chief(self.strategy)
+        self.num_replicas = self.strategy.num_replicas_in_sync
+        self.distribution_name = type(self.strategy).__name__
+        self.on_tpu = isinstance(self.strategy, tf.distribute.TPUStrategy)
+        self.multi_worker = isinstance(
+            self.strategy, tf.distribute.MultiWorkerMirroredStrategy
+        )
+        self.policy = precision_policy(config.precision, self.strategy)
+
+    def _scope(self):
+        """Where the model and optimizer are created."""
+        return self.strategy.scope()
+
+    def _set_up_training(self):
+        """The step, checkpoints, evaluation and BN re-estimation."""
+        config = self.config
         # Where the training stream resumes: (epoch, index) after the
         # last example trained on. Host-side, like the step counter.
         with tf.init_scope(), tf.device("/cpu:0"):
@@ -132,12 +164,8 @@ class Trainer:
             config.model_dir,
             self.chief,
             config.train.keep_checkpoints,
-            model=self.model,
-            optimizer=self.optimizer,
-            bn_recalibrated_at=self.recalibrated_at,
-            data_position=self.data_position,
+            **self.checkpointed(),
         )
-        self.checkpoint_dir = self.checkpoints.directory
         self.evaluator = Evaluator(
             self.model,
             self.pipeline,
@@ -145,13 +173,20 @@ class Trainer:
             config.train.eval_batch_size or self.global_batch,
         )
         self._recalibration = BatchNormRecalibration(self.model, self.strategy)
-        self.history = []
-        self._bad_names_logged = 0
+
+    def checkpointed(self):
+        """What a checkpoint holds, by name."""
+        return {
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "bn_recalibrated_at": self.recalibrated_at,
+            "data_position": self.data_position,
+        }
 
     def _plan_steps(self):
         """Batch, steps, warm-up and learning rate from the config."""
         train_cfg = self.config.train
-        replicas = self.strategy.num_replicas_in_sync
+        replicas = self.num_replicas
         if train_cfg.batch_size % replicas:
             raise ValueError(
                 f"`train.batch_size` must be divisible by the {replicas} "
@@ -177,7 +212,7 @@ class Trainer:
             self.config.optimizer.reference_batch_size,
         )
         self.steps_per_execution = train_cfg.steps_per_execution or (
-            100 if isinstance(self.strategy, tf.distribute.TPUStrategy) else 10
+            100 if self.on_tpu else 10
         )
         self.recalibration_steps = round(
             train_cfg.bn_recalibration_epochs * self.steps_per_epoch
@@ -186,7 +221,7 @@ class Trainer:
     def _build(self):
         """The model, the graph that trains it, and a built optimizer."""
         config = self.config
-        with self.strategy.scope():
+        with self._scope():
             # Layers take the dtype policy when built; restore the global
             # one afterwards.
             previous_policy = keras.config.dtype_policy()
@@ -264,8 +299,8 @@ class Trainer:
     def derived(self):
         """Numbers computed from the config and data, saved with it."""
         return {
-            "num_replicas": self.strategy.num_replicas_in_sync,
-            "strategy": type(self.strategy).__name__,
+            "num_replicas": self.num_replicas,
+            "strategy": self.distribution_name,
             "precision_policy": self.policy,
             "num_classes": self.num_classes,
             "num_train_examples": self.pipeline.num_examples(True),
@@ -302,10 +337,7 @@ class Trainer:
         iterator = self._training_iterator()
         start = time.time()
         writer = self.log.writer()
-        multi_worker = isinstance(
-            self.strategy, tf.distribute.MultiWorkerMirroredStrategy
-        )
-        with writer.as_default(), StopSignals(not multi_worker) as signals:
+        with writer.as_default(), StopSignals(not self.multi_worker) as signals:
             self._train(iterator, start, signals)
             if (
                 self.recalibration_steps
@@ -336,8 +368,8 @@ class Trainer:
             self.log.say(
                 f"Training {self.model.name} from scratch for "
                 f"{self.total_steps} steps ({self.steps_per_epoch} per "
-                f"epoch) on {self.strategy.num_replicas_in_sync} replica(s) "
-                f"with {type(self.strategy).__name__}, {self.policy}."
+                f"epoch) on {self.num_replicas} replica(s) "
+                f"with {self.distribution_name}, {self.policy}."
             )
         else:
             epoch, index = (int(v) for v in self.data_position.numpy())
@@ -504,21 +536,3 @@ class Trainer:
             self.config.data.image_size,
             self.config.model_dir,
         )
-
-
-def train(config, strategy=None, verbose=True):
-    """Runs (or resumes) a whole experiment: train, evaluate, export.
-
-    Reference:
-        Zhang et al., ShuffleNet, section 4.
-
-    Args:
-        config: An `ExperimentConfig`.
-        strategy: Optional `tf.distribute.Strategy`. Defaults to the one
-            `config.strategy` names.
-        verbose: Print progress. Defaults to True.
-
-    Returns:
-        A `TrainResult`.
-    """
-    return Trainer(config, strategy, verbose).fit()
