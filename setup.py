@@ -41,6 +41,9 @@ setuptools.setup(
         "torch": ["torch==2.13.0"],
         # The LiteRT quantizer, an alternative to the converter's int8.
         "quantizer": ["ai-edge-quantizer==0.10.0"],
+        # Training on Keras' JAX backend (CPU build; install jax[cuda12] or
+        # jax[tpu] on accelerators) with Orbax checkpoints.
+        "jax": ["jax==0.10.2", "orbax-checkpoint==0.12.8"],
         "test": [
             # pytest 9.2 drops xdist's loadgroup grouping silently
             # (pytest-xdist issue #1386); pyproject.toml relies on it.
@@ -48,8 +51,10 @@ setuptools.setup(
             "pytest-xdist>=3",
             "pillow",
             "torch==2.13.0",
-            # The model family on Keras' JAX backend (CPU build).
+            # The model family and the training recipe on Keras' JAX
+            # backend (CPU build), as the [jax] extra.
             "jax==0.10.2",
+            "orbax-checkpoint==0.12.8",
             "ai-edge-quantizer==0.10.0",
             # .ci/run lints with the configuration in pyproject.toml.
             "ruff>=0.15",

@@ -19,9 +19,14 @@ from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from keras_shufflenet import training
-from keras_shufflenet.training.flags import recipe_config
-from keras_shufflenet.utils.cli import exit_on_errors
+from keras_shufflenet import training  # noqa: E402
+from keras_shufflenet.training.flags import recipe_config  # noqa: E402
+from keras_shufflenet.utils.cli import exit_on_errors  # noqa: E402
+from keras_shufflenet.utils.cli import run_on_tensorflow  # noqa: E402
+
+# Evaluation runs a tf.distribute strategy: a model trained on any backend
+# is evaluated on TensorFlow.
+run_on_tensorflow(os.path.basename(__file__))
 
 CONFIGS_DIR = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "configs"

@@ -13,6 +13,10 @@ saved as `config.json` beside the checkpoints. See recipes/README.md.
 
 The same command resumes an interrupted run. SIGTERM or Ctrl-C writes a
 checkpoint first and exits with status 75 (`training.PREEMPTED_EXIT_CODE`).
+
+`KERAS_BACKEND=jax python recipes/train.py ...` runs the same recipe on
+JAX with `keras.distribution.DataParallel` and Orbax checkpoints
+(`pip install -e ".[jax]"`); see recipes/README.md, "Backends".
 """
 
 import os

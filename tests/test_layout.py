@@ -29,6 +29,8 @@ LAZY = {
     "ai_edge_quantizer",
     # The probe of the TensorFlow backend, in a stage that is backend-free.
     "tensorflow",
+    # The JAX trainer imports jax and orbax, installed with the [jax] extra.
+    "keras_shufflenet.training.jax_training",
 }
 MAX_MODULE_LINES = 650
 # Code lines of one function, its docstring aside.

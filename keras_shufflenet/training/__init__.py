@@ -1,11 +1,16 @@
 """The training stage: experiment configs and flags, the optimization
 recipe (LR schedule, weight decay), distribution (strategies, precision),
 the training loop with checkpointing and logging, evaluation with BN
-re-estimation, and the fast training graph. Imports `models` and `data`.
+re-estimation, and the fast training graph; on the JAX backend the same
+recipe through `JaxTrainer` (`training.train` picks it). Imports `models`
+and `data`.
 """
 
+from keras_shufflenet.training.backends import train
+from keras_shufflenet.training.backends import trainer_class
 from keras_shufflenet.training.checkpointing import CheckpointError
 from keras_shufflenet.training.checkpointing import Checkpoints
+from keras_shufflenet.training.checkpointing import RunRecords
 from keras_shufflenet.training.checkpointing import export_model
 from keras_shufflenet.training.checkpointing import write_export
 from keras_shufflenet.training.config import CONFIG_FILE
@@ -39,7 +44,9 @@ from keras_shufflenet.training.distribution import synchronize_batch_norm
 from keras_shufflenet.training.evaluation import BatchNormRecalibration
 from keras_shufflenet.training.evaluation import Evaluator
 from keras_shufflenet.training.evaluation import evaluate_model
+from keras_shufflenet.training.evaluation import evaluation_metrics
 from keras_shufflenet.training.evaluation import evaluation_steps
+from keras_shufflenet.training.evaluation import evaluation_sums
 from keras_shufflenet.training.evaluation import sum_over_steps
 from keras_shufflenet.training.flags import apply_overrides
 from keras_shufflenet.training.flags import config_fields
@@ -62,7 +69,10 @@ from keras_shufflenet.training.optimization import LinearDecay
 from keras_shufflenet.training.optimization import NonFiniteLossError
 from keras_shufflenet.training.optimization import apply_gradients
 from keras_shufflenet.training.optimization import scaled_learning_rate
+from keras_shufflenet.training.optimization import smoothed_cross_entropy
+from keras_shufflenet.training.optimization import training_sums
 from keras_shufflenet.training.optimization import weight_decay_loss
+from keras_shufflenet.training.optimization import weight_decay_penalty
 from keras_shufflenet.training.optimization import weight_decay_variables
 from keras_shufflenet.training.preemption import PREEMPTED_EXIT_CODE
 from keras_shufflenet.training.preemption import Preempted
@@ -73,4 +83,3 @@ from keras_shufflenet.training.throughput import build
 from keras_shufflenet.training.throughput import training_throughput
 from keras_shufflenet.training.trainer import Trainer
 from keras_shufflenet.training.trainer import TrainResult
-from keras_shufflenet.training.trainer import train

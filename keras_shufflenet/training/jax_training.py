@@ -22,6 +22,7 @@ Reference:
     Zhang et al., "ShuffleNet", section 4 (training settings).
 """
 
+import dataclasses
 import os
 
 import jax
@@ -505,6 +506,13 @@ class JaxTrainer(Trainer):
                 f"strategy=None. Received: {strategy!r}"
             )
         config = self.config
+        if config.model.sync_batch_norm:
+            # Keras' synchronized BN is TensorFlow's; here every batch
+            # norm sees the global batch anyway.
+            self.config = config = dataclasses.replace(
+                config,
+                model=dataclasses.replace(config.model, sync_batch_norm=False),
+            )
         self.devices = jax_devices(config.strategy)
         self.distribution = keras.distribution.DataParallel(
             devices=self.devices
@@ -544,10 +552,7 @@ class JaxTrainer(Trainer):
             config.model_dir,
             self.chief,
             config.train.keep_checkpoints,
-            model=self.model,
-            optimizer=self.optimizer,
-            bn_recalibrated_at=self.recalibrated_at,
-            data_position=self.data_position,
+            **self.checkpointed(),
         )
         self.evaluator = JaxEvaluator(
             self.model,

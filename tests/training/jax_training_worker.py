@@ -7,13 +7,14 @@ writes what tests/training/test_jax_training.py checks, as JSON.
 
 Runs, all from the same seed and data:
     two_devices: 6 steps, BN re-estimation, export.
-    one_device: the same on one device.
+    one_device: its first 3 steps on one device.
     resumed: the same on two devices, stopped by SIGTERM after step 5 and
         run again, after its newest checkpoint was damaged once.
 """
 
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -27,6 +28,7 @@ sys.path.insert(0, ROOT)
 
 from keras_shufflenet import data  # noqa: E402
 from keras_shufflenet import training  # noqa: E402
+from keras_shufflenet.training.jax_training import OrbaxCheckpoints  # noqa: E402
 
 
 def config(model_dir, strategy):
@@ -113,14 +115,29 @@ def main(out):
         "recalibrated_at": int(trainer.recalibrated_at.numpy()),
     }
 
-    trainer = trainer_class(config(os.path.join(out, "one"), "one_device"))
+    # Three steps on one device, against the two devices' checkpoint of
+    # step 3 read into the same model (no evaluation: it would compile).
+    one = trainer_class(config(os.path.join(out, "one"), "one_device"))
     mark("built one")
-    result = trainer.fit()
-    mark("trained one")
+    one.train_step(one._training_iterator(), 3)
     report["one_device"] = {
-        "replicas": trainer.num_replicas,
-        "weights": weights(trainer.model),
+        "replicas": one.num_replicas,
+        "step": one.step,
+        "weights": weights(one.model),
     }
+    # A run directory holding only that checkpoint.
+    at_3 = os.path.join(out, "two_at_3")
+    shutil.copytree(
+        os.path.join(out, "two", "checkpoints", "ckpt_3"),
+        os.path.join(at_3, "checkpoints", "ckpt_3"),
+    )
+    restored = OrbaxCheckpoints(at_3, True, 3, **one.checkpointed()).restore()
+    report["two_devices_step_3"] = {
+        "restored": restored,
+        "step": one.step,
+        "weights": weights(one.model),
+    }
+    mark("trained one")
 
     resumed = os.path.join(out, "resumed")
     trainer = trainer_class(config(resumed, "mirrored"))
