@@ -56,8 +56,10 @@ def config(model_dir, strategy):
     )
 
 
-def weights(model):
-    return {v.path: np.asarray(v.value).tolist() for v in model.variables}
+def save_weights(model, path):
+    """Every variable by path, to `path` (.npz)."""
+    np.savez(path, **{v.path: np.asarray(v.value) for v in model.variables})
+    return path
 
 
 def replicas_agree(variables):
@@ -110,7 +112,7 @@ def main(out):
         "replicas_agree": replicas_agree(
             trainer.model.variables + trainer.optimizer.variables
         ),
-        "weights": weights(trainer.model),
+        "weights": save_weights(trainer.model, os.path.join(out, "two.npz")),
         "checkpoints": trainer.checkpoints.saved(),
         "recalibrated_at": int(trainer.recalibrated_at.numpy()),
     }
@@ -123,7 +125,7 @@ def main(out):
     report["one_device"] = {
         "replicas": one.num_replicas,
         "step": one.step,
-        "weights": weights(one.model),
+        "weights": save_weights(one.model, os.path.join(out, "one.npz")),
     }
     # A run directory holding only that checkpoint.
     at_3 = os.path.join(out, "two_at_3")
@@ -135,7 +137,7 @@ def main(out):
     report["two_devices_step_3"] = {
         "restored": restored,
         "step": one.step,
-        "weights": weights(one.model),
+        "weights": save_weights(one.model, os.path.join(out, "two_3.npz")),
     }
     mark("trained one")
 
@@ -163,7 +165,7 @@ def main(out):
     mark("resumed")
     report["resumed"] = {
         "lines": lines,
-        "weights": weights(trainer.model),
+        "weights": save_weights(trainer.model, os.path.join(out, "resumed.npz")),
         "history_steps": [h["step"] for h in trainer.history],
         "events": sorted(os.listdir(os.path.join(resumed, "tensorboard"))),
     }
