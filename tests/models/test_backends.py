@@ -190,3 +190,23 @@ def test_a_model_trained_under_jax_converts_with_the_tflite_program(
     assert report["xnnpack"]["ops_left_out"] == {}
     outputs = lite.TFLiteModel(str(output))(x)
     assert relative_error(outputs, results["jax"]["fit/outputs"]) <= TOLERANCE
+
+
+def test_a_model_trained_under_torch_converts_to_the_same_one_piece_graph(
+    backend_runs,
+):
+    """The `.keras` file fitted under PyTorch, loaded on TensorFlow and
+    converted as tflite/convert.py converts (the test above runs that
+    program end to end from JAX): one XNNPACK piece, builtin ops, the
+    PyTorch model's outputs."""
+    work, x, _, results = backend_runs
+    model = keras.saving.load_model(
+        work / "torch-fitted.keras", safe_mode=True
+    )
+    tflite = lite.convert(model, mode="float32", image_size=32)
+    report = lite.model_report(tflite)
+    assert report["flex_ops"] == []
+    assert report["xnnpack"]["pieces"] == 1
+    assert report["xnnpack"]["ops_left_out"] == {}
+    outputs = lite.TFLiteModel(tflite)(x)
+    assert relative_error(outputs, results["torch"]["fit/outputs"]) <= TOLERANCE
