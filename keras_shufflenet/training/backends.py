@@ -18,6 +18,7 @@ def trainer_class(backend=None):
         `Trainer` or `JaxTrainer`.
 
     Raises:
+        ImportError: JAX, without the `[jax]` extra installed.
         ValueError: Another backend (PyTorch trains the model with
             `model.fit`, not this recipe).
     """
@@ -25,8 +26,13 @@ def trainer_class(backend=None):
     if backend == "tensorflow":
         return Trainer
     if backend == "jax":
-        from keras_shufflenet.training.jax_training import JaxTrainer
-
+        try:
+            from keras_shufflenet.training.jax_training import JaxTrainer
+        except ImportError as e:
+            raise ImportError(
+                f"Training on JAX needs jax and orbax-checkpoint ({e}). "
+                'From a clone: pip install -e ".[jax]"'
+            ) from e
         return JaxTrainer
     raise ValueError(
         "The training recipe runs on KERAS_BACKEND=tensorflow or jax. "

@@ -117,3 +117,13 @@ def test_a_resumed_run_writes_tensorboard_events_and_history(report):
 def test_torch_backend_is_refused_with_what_to_do_instead():
     with pytest.raises(ValueError, match="tensorflow or jax.*model.fit"):
         training.trainer_class("torch")
+
+
+def test_jax_without_the_extra_says_what_to_install(monkeypatch):
+    monkeypatch.delitem(
+        sys.modules, "keras_shufflenet.training.jax_training", raising=False
+    )
+    for name in ("jax", "orbax.checkpoint"):
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(ImportError, match=r'pip install -e "\.\[jax\]"'):
+        training.trainer_class("jax")
