@@ -26,7 +26,8 @@ setuptools.setup(
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "keras>=3.15",
-        "absl-py>=2.0",
+        # tensorflow-model-optimization 0.8.1 ([qat]) pins absl-py 1.x.
+        "absl-py>=1.2",
         "numpy",
         # Input pipelines: TFDS sources, and the quickstart's digits.
         "tensorflow-datasets>=4.9",
@@ -44,6 +45,9 @@ setuptools.setup(
         # Training on Keras' JAX backend (CPU build; install jax[cuda12] or
         # jax[tpu] on accelerators) with Orbax checkpoints.
         "jax": ["jax==0.10.2", "orbax-checkpoint==0.12.8"],
+        # Quantization-aware training: tfmot 0.8.1 runs on Keras 2, so the
+        # model's tf_keras twin trains (keras_shufflenet.qat).
+        "qat": ["tf_keras==2.21.0", "tensorflow-model-optimization==0.8.1"],
         "test": [
             # pytest 9.2 drops xdist's loadgroup grouping silently
             # (pytest-xdist issue #1386); pyproject.toml relies on it.
@@ -56,6 +60,9 @@ setuptools.setup(
             "jax==0.10.2",
             "orbax-checkpoint==0.12.8",
             "ai-edge-quantizer==0.10.0",
+            # Quantization-aware training, as the [qat] extra.
+            "tf_keras==2.21.0",
+            "tensorflow-model-optimization==0.8.1",
             # .ci/run lints with the configuration in pyproject.toml.
             "ruff>=0.15",
         ],

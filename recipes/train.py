@@ -14,6 +14,11 @@ saved as `config.json` beside the checkpoints. See recipes/README.md.
 The same command resumes an interrupted run. SIGTERM or Ctrl-C writes a
 checkpoint first and exits with status 75 (`training.PREEMPTED_EXIT_CODE`).
 
+`--qat_from=runs/quickstart_digits/export/shufflenet_0.5x_g3.keras
+--model_dir=runs/quickstart_qat --optimizer.lr=0.2 --train.epochs=3` fine-tunes
+a trained model with quantization-aware training and exports a full-int8
+TFLite model (`pip install -e ".[qat]"`); see tflite/README.md, "PTQ or QAT".
+
 `KERAS_BACKEND=jax python recipes/train.py ...` runs the same recipe on
 JAX with `keras.distribution.DataParallel` and Orbax checkpoints
 (`pip install -e ".[jax]"`); see recipes/README.md, "Backends".
@@ -44,7 +49,12 @@ FLAGS = flags.FLAGS
 def main(argv):
     config = recipe_config(argv, CONFIGS_DIR)
     try:
-        training.train(config)
+        if config.qat_from:
+            from keras_shufflenet import qat
+
+            qat.train(config)
+        else:
+            training.train(config)
     except training.Preempted as stopped:
         # A distinct status: the run is whole and the same command resumes.
         print(stopped, file=sys.stderr)

@@ -17,6 +17,8 @@ ALLOWED = {
     "training": {"models", "data", "utils"},
     "lite": {"models", "data", "utils", "version"},
     "weights": {"models", "utils"},
+    # Needs the [qat] extra; imported by nothing of the package.
+    "qat": {"models", "training", "lite", "utils"},
 }
 # Function-local imports are for heavy or optional dependencies only.
 LAZY = {

@@ -173,6 +173,11 @@ class ExperimentConfig:
             model, printed beside the run's own.
         export: Export the trained model (`.keras` and SavedModel) and plot
             the curves at the end. Defaults to True.
+        qat_from: Empty for float training. Else the trained float model
+            (`.keras` or `.weights.h5` of this `model`) that the run
+            fine-tunes with quantization-aware training, exporting a
+            full-int8 TFLite model (`keras_shufflenet.qat`, the `[qat]`
+            extra). Its `model_dir` must be a new one.
         model: A `ModelConfig`.
         optimizer: An `OptimizerConfig`.
         train: A `TrainConfig`.
@@ -186,6 +191,7 @@ class ExperimentConfig:
     description: str = ""
     paper_top1_error: float | None = None
     export: bool = True
+    qat_from: str = ""
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = dataclasses.field(
         default_factory=OptimizerConfig

@@ -117,12 +117,14 @@ def weight_decay_variables(model):
         Zhang et al., ShuffleNet, section 4 (weight decay 4e-5).
 
     Args:
-        model: A Keras model.
+        model: A Keras model, or the list of its variables that train.
 
     Returns:
         A list of trainable variables of rank > 1.
     """
-    return [v for v in model.trainable_variables if len(v.shape) > 1]
+    if not isinstance(model, (list, tuple)):
+        model = model.trainable_variables
+    return [v for v in model if len(v.shape) > 1]
 
 
 def weight_decay_loss(model, weight_decay):
@@ -137,7 +139,7 @@ def weight_decay_loss(model, weight_decay):
         Zhang et al., ShuffleNet, section 4.
 
     Args:
-        model: A Keras model.
+        model: A Keras model, or the list of its variables that train.
         weight_decay: Coefficient, e.g. 4e-5.
 
     Returns:

@@ -35,13 +35,17 @@ class TrainStep:
             `(images, labels, positions)` (`InputPipeline.dataset(...,
             with_position=True)`) and it is set after every step to the
             `(epoch, index)` that follows the last example trained on.
+        variables: The variables that train (and get weight decay).
+            Defaults to `model.trainable_variables`.
     """
 
     def __init__(
         self, strategy, model, train_model, optimizer, *, num_classes,
         global_batch, label_smoothing, weight_decay, position=None,
+        variables=None,
     ):
         self.strategy = strategy
+        self.variables = variables
         self.position = position
         self.model = model
         self.train_model = train_model
@@ -108,9 +112,10 @@ class TrainStep:
             # Gradients are summed over replicas: divide by the global
             # batch, and the weight penalty by the number of replicas.
             loss = tf.reduce_sum(per_example) / self.global_batch
-            loss += weight_decay_loss(self.model, self.weight_decay) / replicas
+            variables = self.variables or self.model.trainable_variables
+            decay = weight_decay_loss(variables, self.weight_decay)
+            loss += decay / replicas
             scaled = self.optimizer.scale_loss(loss)
-        variables = self.model.trainable_variables
         grads = tape.gradient(scaled, variables)
         apply_gradients(self.optimizer, grads, variables)
         return training_sums(labels, logits, per_example)

@@ -59,6 +59,8 @@ class TrainResult:
         saved_model_path: Exported SavedModel directory.
         curves_path: PNG of the training curves.
         model: The trained (training-time) model.
+        tflite_path: The full-int8 TFLite model of a quantization-aware
+            run (`keras_shufflenet.qat`), else None.
     """
     step: int
     metrics: dict
@@ -67,6 +69,7 @@ class TrainResult:
     saved_model_path: str | None = None
     curves_path: str | None = None
     model: keras.Model | None = None
+    tflite_path: str | None = None
 
 
 class Trainer:
@@ -90,8 +93,18 @@ class Trainer:
         verbose: Print progress (chief only). Defaults to True.
     """
 
+    # Whether the trainer fine-tunes `config.qat_from` (`qat.QatTrainer`).
+    quantization_aware = False
+
     def __init__(self, config, strategy=None, verbose=True):
         config = resolve_config(config)
+        if config.qat_from and not self.quantization_aware:
+            raise ValueError(
+                f"{type(self).__name__} trains in float; for "
+                "quantization-aware training from qat_from="
+                f"{config.qat_from!r} use `keras_shufflenet.qat.train` "
+                '(pip install -e ".[qat]").'
+            )
         self.config = config
         self._set_up_devices(strategy)
         self.log = RunLog(config.model_dir, self.chief, verbose)
@@ -153,6 +166,7 @@ class Trainer:
             global_batch=self.global_batch,
             label_smoothing=config.optimizer.label_smoothing,
             weight_decay=config.optimizer.weight_decay,
+            variables=self.trainable_variables(),
         )
         # The step at which the BN statistics were last re-estimated (-1:
         # never); a run resumed and trained further must do it again.
@@ -173,6 +187,10 @@ class Trainer:
             config.train.eval_batch_size or self.global_batch,
         )
         self._recalibration = BatchNormRecalibration(self.model, self.strategy)
+
+    def trainable_variables(self):
+        """The variables the optimizer updates."""
+        return self.model.trainable_variables
 
     def checkpointed(self):
         """What a checkpoint holds, by name."""
@@ -239,17 +257,23 @@ class Trainer:
                 )
             finally:
                 keras.config.set_dtype_policy(previous_policy)
-            optimizer = keras.optimizers.SGD(
-                learning_rate=self.schedule,
-                momentum=config.optimizer.momentum,
-                nesterov=config.optimizer.nesterov,
-            )
-            if self.policy == "mixed_float16":
-                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-            # Built here, not in the first trace, which would then trace
-            # the step twice.
-            optimizer.build(model.trainable_variables)
+            optimizer = self._optimizer(model.trainable_variables)
         return model, train_model, optimizer
+
+    def _optimizer(self, variables):
+        """The recipe's SGD on the schedule, built for `variables`."""
+        config = self.config.optimizer
+        optimizer = keras.optimizers.SGD(
+            learning_rate=self.schedule,
+            momentum=config.momentum,
+            nesterov=config.nesterov,
+        )
+        if self.policy == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        # Built here, not in the first trace, which would then trace the
+        # step twice.
+        optimizer.build(variables)
+        return optimizer
 
     @property
     def step(self):

@@ -1,0 +1,453 @@
+"""The `tf_keras` twin of a Keras 3 ShuffleNet, for quantization-aware
+training with tensorflow-model-optimization (which works only on Keras 2).
+
+The twin is the deployment graph (`models.lowering` at inference), built
+from `tf_keras` layers TFLite and tfmot know: the tiled normalisation, the
+row-padded max pool, grouped `Conv2D`s, the channel shuffle as
+Reshape-Transpose-Reshape, a stride-2 unit's shuffle after its depthwise
+conv and BN, and the average-pooled shortcut as a fixed depthwise conv.
+Converted, its QAT model is op for op the graph post-training quantization
+gives, so it runs as fast.
+"""
+
+import keras
+import numpy as np
+import tensorflow_model_optimization as tfmot
+import tf_keras
+
+from keras_shufflenet.models import DeferredChannelShuffle
+from keras_shufflenet.models import DepthwiseAveragePooling2D
+from keras_shufflenet.models import PermutedDepthwiseConv2D
+from keras_shufflenet.models import PointwiseGroupConv2D
+from keras_shufflenet.models import RowZeroPadding2D
+from keras_shufflenet.models import ShufflingBatchNormalization
+from keras_shufflenet.models import is_static_normalization
+from keras_shufflenet.models import shuffle_permutation
+from keras_shufflenet.models import tiled_rescaling
+from keras_shufflenet.models.layers import ChannelShuffle
+
+QUANTIZE = tfmot.quantization.keras
+LAYERS = tf_keras.layers
+PACKAGE = "keras_shufflenet_qat"
+
+
+class UnsupportedLayerError(ValueError):
+    """A model holds a layer the `tf_keras` twin cannot express."""
+
+
+@tf_keras.saving.register_keras_serializable(package=PACKAGE)
+class ConstantOperand(LAYERS.Layer):
+    """Multiplies or adds a constant, broadcast over the input.
+
+    The tiled image normalisation is `x * scale + offset`; as two of these
+    layers, QAT gives each constant and each output its own 8-bit range,
+    as the converter's MUL and ADD need (see `ConstantOperandQuantizeConfig`).
+
+    Args:
+        operation: `"multiply"` or `"add"`.
+        value: The constant, broadcastable to the input.
+        **kwargs: Base layer arguments.
+    """
+
+    def __init__(self, operation, value, **kwargs):
+        super().__init__(**kwargs)
+        if operation not in ("multiply", "add"):
+            raise ValueError(
+                "`operation` must be 'multiply' or 'add'. Received: "
+                f"operation={operation!r}"
+            )
+        self.operation = operation
+        self.initial_value = np.asarray(value, "float32")
+
+    def build(self, input_shape):
+        self.value = self.add_weight(
+            name="value",
+            shape=self.initial_value.shape,
+            initializer=tf_keras.initializers.Constant(self.initial_value),
+            trainable=False,
+        )
+        super().build(input_shape)
+
+    def call(self, inputs):
+        if self.operation == "multiply":
+            return inputs * self.value
+        return inputs + self.value
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            operation=self.operation, value=self.initial_value.tolist()
+        )
+        return config
+
+
+def _weight_quantizer(per_axis):
+    # What the converter does: symmetric 8-bit weights, [-127, 127].
+    return QUANTIZE.quantizers.LastValueQuantizer(
+        num_bits=8, per_axis=per_axis, symmetric=True, narrow_range=True
+    )
+
+
+@tf_keras.saving.register_keras_serializable(package=PACKAGE)
+class OutputQuantizeConfig(QUANTIZE.QuantizeConfig):
+    """Quantizes a layer's output (8-bit, per tensor, moving-average range),
+    as the converter quantizes a MUL's or ADD's."""
+
+    def get_weights_and_quantizers(self, layer):
+        return []
+
+    def get_activations_and_quantizers(self, layer):
+        return []
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        pass
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        pass
+
+    def get_output_quantizers(self, layer):
+        return [
+            QUANTIZE.quantizers.MovingAverageQuantizer(
+                num_bits=8, per_axis=False, symmetric=False,
+                narrow_range=False,
+            )
+        ]
+
+    def get_config(self):
+        return {}
+
+
+@tf_keras.saving.register_keras_serializable(package=PACKAGE)
+class ConstantOperandQuantizeConfig(OutputQuantizeConfig):
+    """Quantizes a `ConstantOperand`'s constant (per tensor) and output."""
+
+    def get_weights_and_quantizers(self, layer):
+        return [(layer.value, _weight_quantizer(per_axis=False))]
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        layer.value = quantize_weights[0]
+
+
+@tf_keras.saving.register_keras_serializable(package=PACKAGE)
+class SharedRangeQuantizeConfig(QUANTIZE.QuantizeConfig):
+    """Quantizes a depthwise kernel per channel and leaves the output to
+    the concatenation it feeds.
+
+    TFLite's int8 CONCATENATION needs one scale for its inputs and output,
+    so the converter gives every input the concatenation's range. tfmot's
+    default config would give the shortcut's pooling its own output range,
+    which QAT then learns for nothing (tfmot issue #1053); here the output
+    is quantized once, by the concatenation, as on device.
+    """
+
+    def get_weights_and_quantizers(self, layer):
+        return [(layer.depthwise_kernel, _weight_quantizer(per_axis=True))]
+
+    def get_activations_and_quantizers(self, layer):
+        return []
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        layer.depthwise_kernel = quantize_weights[0]
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        pass
+
+    def get_output_quantizers(self, layer):
+        return []
+
+    def get_config(self):
+        return {}
+
+
+# What `tf_keras` needs to load a twin or its QAT model.
+CUSTOM_OBJECTS = {
+    "ConstantOperand": ConstantOperand,
+    "ConstantOperandQuantizeConfig": ConstantOperandQuantizeConfig,
+    "OutputQuantizeConfig": OutputQuantizeConfig,
+    "SharedRangeQuantizeConfig": SharedRangeQuantizeConfig,
+}
+
+
+def _inverse_shuffle(layer):
+    # As `models.lowering`: per-channel weights taken in the inverse order
+    # act on the unshuffled channels.
+    return np.argsort(
+        shuffle_permutation(
+            layer.input.shape[-1], layer.shuffle_groups, layer.shuffle_order
+        )
+    )
+
+
+def _shuffle(x, groups, order, name):
+    """Section 3.1's shuffle as RESHAPE-TRANSPOSE-RESHAPE, as on device."""
+    _, height, width, channels = x.shape
+    n = channels // groups
+    a, b = (groups, n) if order == "paper" else (n, groups)
+    x = LAYERS.Reshape((height * width, a, b), name=f"{name}_split")(x)
+    x = LAYERS.Permute((1, 3, 2), name=f"{name}_transpose")(x)
+    return LAYERS.Reshape((height, width, channels), name=f"{name}_merge")(x)
+
+
+def _activation(layer):
+    return keras.activations.serialize(layer.activation)
+
+
+def _twin_layer(layer, x):
+    """`(outputs, [(tf_keras layer, weights)])` for one Keras 3 layer."""
+    name = layer.name
+    weights = layer.get_weights()
+    if isinstance(layer, DeferredChannelShuffle):
+        return x, []  # Shuffled after the depthwise conv's BN.
+    if isinstance(layer, ChannelShuffle):
+        return _shuffle(x, layer.groups, layer.order, name), []
+    if isinstance(layer, keras.layers.Normalization):
+        if not is_static_normalization(layer):
+            raise UnsupportedLayerError(
+                f"Layer {name!r}: QAT needs a normalisation with constant "
+                "statistics on a channels-last input of static width."
+            )
+        rescaling = tiled_rescaling(layer)
+        scale = QUANTIZE.quantize_annotate_layer(
+            ConstantOperand(
+                "multiply", rescaling.scale, trainable=False,
+                name=f"{name}_scale",
+            ),
+            ConstantOperandQuantizeConfig(),
+        )
+        offset = QUANTIZE.quantize_annotate_layer(
+            ConstantOperand(
+                "add", rescaling.offset, trainable=False, name=name
+            ),
+            ConstantOperandQuantizeConfig(),
+        )
+        return offset(scale(x)), []
+    if isinstance(layer, RowZeroPadding2D):
+        # Padded as rows of width * channels values, as `RowZeroPadding2D`
+        # lowers: one PAD that copies whole rows.
+        _, height, width, channels = layer.input.shape
+        (top, bottom), (left, right) = layer.padding
+        y = LAYERS.Reshape((height, width * channels, 1), name=f"{name}_rows")(x)
+        y = LAYERS.ZeroPadding2D(
+            ((top, bottom), (left * channels, right * channels)), name=name
+        )(y)
+        return LAYERS.Reshape(
+            (height + top + bottom, width + left + right, channels),
+            name=f"{name}_image",
+        )(y), []
+    if isinstance(layer, keras.layers.ZeroPadding2D):
+        return LAYERS.ZeroPadding2D(layer.padding, name=name)(x), []
+    if isinstance(layer, PointwiseGroupConv2D):
+        conv = LAYERS.Conv2D(
+            layer.filters, 1, groups=layer.groups, use_bias=layer.use_bias,
+            name=name,
+        )
+        return conv(x), [(conv, weights)]
+    if isinstance(layer, DepthwiseAveragePooling2D):
+        if layer.padding != "valid":
+            raise UnsupportedLayerError(
+                f"Layer {name!r}: only 'valid' average pooling runs as a "
+                f"depthwise conv. Received: padding={layer.padding!r}"
+            )
+        pool = tuple(layer.pool_size)
+        conv = LAYERS.DepthwiseConv2D(
+            pool, strides=layer.strides, use_bias=False, trainable=False,
+            name=name,
+        )
+        kernel = np.full(
+            pool + (layer.input.shape[-1], 1), 1.0 / np.prod(pool), "float32"
+        )
+        annotated = QUANTIZE.quantize_annotate_layer(
+            conv, SharedRangeQuantizeConfig()
+        )
+        return annotated(x), [(conv, [kernel])]
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        if layer.depth_multiplier != 1 or layer.use_bias:
+            raise UnsupportedLayerError(
+                f"Layer {name!r}: the twin takes depthwise convs with "
+                "depth_multiplier=1 and no bias, as ShuffleNet has."
+            )
+        if isinstance(layer, PermutedDepthwiseConv2D):
+            weights = [weights[0][:, :, _inverse_shuffle(layer), :]]
+        conv = LAYERS.DepthwiseConv2D(
+            layer.kernel_size, strides=layer.strides, padding=layer.padding,
+            use_bias=False, name=name,
+        )
+        return conv(x), [(conv, weights)]
+    if isinstance(layer, keras.layers.Conv2D) and layer.groups == 1:
+        conv = LAYERS.Conv2D(
+            layer.filters, layer.kernel_size, strides=layer.strides,
+            padding=layer.padding, use_bias=layer.use_bias,
+            activation=_activation(layer), name=name,
+        )
+        return conv(x), [(conv, weights)]
+    if isinstance(layer, keras.layers.BatchNormalization):
+        if layer.axis not in (-1, 3) or not (layer.center and layer.scale):
+            raise UnsupportedLayerError(
+                f"Layer {name!r}: the twin takes channels-last batch norms "
+                "with a scale and an offset."
+            )
+        norm = LAYERS.BatchNormalization(
+            epsilon=layer.epsilon, momentum=layer.momentum, name=name
+        )
+        if isinstance(layer, ShufflingBatchNormalization):
+            inverse = _inverse_shuffle(layer)
+            y = _shuffle(
+                norm(x), layer.shuffle_groups, layer.shuffle_order,
+                f"{name}_shuffle",
+            )
+            return y, [(norm, [w[inverse] for w in weights])]
+        return norm(x), [(norm, weights)]
+    if isinstance(layer, keras.layers.Dense):
+        dense = LAYERS.Dense(
+            layer.units, use_bias=layer.use_bias,
+            activation=_activation(layer), name=name,
+        )
+        return dense(x), [(dense, weights)]
+    return _twin_stateless(layer, x)
+
+
+def _twin_stateless(layer, x):
+    name = layer.name
+    if type(layer) is keras.layers.ReLU and layer.max_value is None and not (
+        layer.negative_slope or layer.threshold
+    ):
+        return LAYERS.ReLU(name=name)(x), []
+    if type(layer) is keras.layers.Activation:
+        return LAYERS.Activation(_activation(layer), name=name)(x), []
+    if type(layer) is keras.layers.Add:
+        return LAYERS.Add(name=name)(x), []
+    if type(layer) is keras.layers.Multiply:
+        # Squeeze-and-excitation's scaling: tfmot has no config for it.
+        return QUANTIZE.quantize_annotate_layer(
+            LAYERS.Multiply(name=name), OutputQuantizeConfig()
+        )(x), []
+    if type(layer) is keras.layers.Concatenate and layer.axis in (-1, 3):
+        return LAYERS.Concatenate(name=name)(x), []
+    if type(layer) is keras.layers.MaxPooling2D:
+        return LAYERS.MaxPooling2D(
+            layer.pool_size, layer.strides, padding=layer.padding, name=name
+        )(x), []
+    if type(layer) is keras.layers.GlobalAveragePooling2D:
+        return LAYERS.GlobalAveragePooling2D(
+            keepdims=layer.keepdims, name=name
+        )(x), []
+    raise UnsupportedLayerError(
+        f"Layer {name!r} ({type(layer).__name__}) has no tf_keras twin for "
+        "quantization-aware training. The twin takes ShuffleNet's layers "
+        "(see keras_shufflenet.qat.twin)."
+    )
+
+
+def tf_keras_twin(model, batch_size=None):
+    """Builds the `tf_keras` twin of a channels-last Keras 3 ShuffleNet.
+
+    The twin computes the same function with the same weights (logits
+    agree to about 1e-6 relative), in the graph `ShuffleNet`'s layers
+    lower to at inference (`models.lowering`), so that its QAT model
+    converts to the graph post-training quantization gives.
+
+    Reference:
+        Zhang et al., "ShuffleNet", section 3 and Table 1 (the network);
+        section 4.5 (the deployed graph).
+
+    Args:
+        model: A functional Keras 3 model built by `ShuffleNet` (any scale,
+            groups, `se`, `shallow`, `shuffle`), channels-last, with a
+            static input size.
+        batch_size: Static batch size of the twin's input. Defaults to
+            None (any); conversion uses 1.
+
+    Returns:
+        A functional `tf_keras.Model` with the same layer names, holding
+        copies of `model`'s weights.
+
+    Raises:
+        UnsupportedLayerError: `model` holds a layer the twin cannot
+            express; the message names it.
+    """
+    if keras.config.image_data_format() != "channels_last" or any(
+        getattr(layer, "data_format", "channels_last") != "channels_last"
+        for layer in model.layers
+    ):
+        raise UnsupportedLayerError(
+            f"Model {model.name!r}: QAT needs a channels-last model (TFLite "
+            "runs NHWC); build it with image_data_format 'channels_last'."
+        )
+    if len(model.inputs) != 1 or None in model.input.shape[1:]:
+        raise UnsupportedLayerError(
+            f"Model {model.name!r}: QAT needs one image input of static "
+            f"size. Received: input shape {model.input.shape}"
+        )
+    tensors = {}
+    assigned = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            tensors[id(layer.output)] = tf_keras.Input(
+                layer.output.shape[1:], batch_size=batch_size, name=layer.name
+            )
+            continue
+        inputs = keras.tree.map_structure(
+            lambda t: tensors[id(t)], layer.input
+        )
+        outputs, weights = _twin_layer(layer, inputs)
+        tensors[id(layer.output)] = outputs
+        assigned += weights
+    twin = tf_keras.Model(
+        tensors[id(model.input)], tensors[id(model.output)], name=model.name
+    )
+    for twin_layer, values in assigned:
+        twin_layer.set_weights(values)
+    return twin
+
+
+def copy_weights_back(twin, model):
+    """Copies a twin's (possibly fine-tuned) weights into `model`.
+
+    The inverse of `tf_keras_twin`'s copy: `tf_keras_twin(model)`, then
+    this, leaves `model`'s weights bit for bit as they were.
+
+    Args:
+        twin: A `tf_keras_twin` of `model`, or its QAT model
+            (`qat_model`), whose float weights are taken.
+        model: The Keras 3 model the twin was built from, or one of the
+            same architecture.
+    """
+    found = {}
+    for layer in twin.layers:
+        # QAT wraps layers, and the wrapper holds the float variables.
+        found[getattr(layer, "layer", layer).name] = layer
+    for layer in model.layers:
+        if not layer.weights or isinstance(layer, DepthwiseAveragePooling2D):
+            continue
+        source = found.get(layer.name)
+        if source is None:
+            raise ValueError(
+                f"The twin {twin.name!r} has no layer {layer.name!r}; it is "
+                f"not a twin of {model.name!r}."
+            )
+        values = _float_weights(source, layer)
+        if isinstance(layer, PermutedDepthwiseConv2D):
+            forward = np.argsort(_inverse_shuffle(layer))
+            values = [values[0][:, :, forward, :]]
+        elif isinstance(layer, ShufflingBatchNormalization):
+            forward = np.argsort(_inverse_shuffle(layer))
+            values = [v[forward] for v in values]
+        layer.set_weights(values)
+
+
+def _float_weights(source, layer):
+    """The float values of `source`'s variables named as `layer`'s."""
+    by_name = {
+        v.name.split(":")[0].split("/")[-1]: v for v in source.weights
+    }
+    names = [v.path.split("/")[-1] for v in layer.weights]
+    # tf_keras names a depthwise kernel "depthwise_kernel", Keras 3 "kernel".
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        names = ["depthwise_kernel" if n == "kernel" else n for n in names]
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise ValueError(
+            f"Twin layer {source.name!r} has no variables {missing} for "
+            f"{layer.name!r}."
+        )
+    return [by_name[n].numpy() for n in names]
