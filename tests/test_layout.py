@@ -18,7 +18,7 @@ ALLOWED = {
     "lite": {"models", "data", "utils", "version"},
     "weights": {"models", "utils"},
     # Needs the [qat] extra; imported by nothing of the package.
-    "qat": {"models", "training", "lite", "utils"},
+    "qat": {"models", "data", "training", "lite", "utils"},
 }
 # Function-local imports are for heavy or optional dependencies only.
 LAZY = {

@@ -192,7 +192,69 @@ def _activation(layer):
     return keras.activations.serialize(layer.activation)
 
 
-def _twin_layer(layer, x):
+def _twin_normalization(layer, x):
+    name = layer.name
+    if not is_static_normalization(layer):
+        raise UnsupportedLayerError(
+            f"Layer {name!r}: QAT needs a normalisation with constant "
+            "statistics on a channels-last input of static width."
+        )
+    rescaling = tiled_rescaling(layer)
+    scale = QUANTIZE.quantize_annotate_layer(
+        ConstantOperand(
+            "multiply", rescaling.scale, trainable=False,
+            name=f"{name}_scale",
+        ),
+        ConstantOperandQuantizeConfig(),
+    )
+    offset = QUANTIZE.quantize_annotate_layer(
+        ConstantOperand(
+            "add", rescaling.offset, trainable=False, name=name
+        ),
+        ConstantOperandQuantizeConfig(),
+    )
+    return offset(scale(x))
+
+
+def _twin_row_padding(layer, x):
+    name = layer.name
+    # Padded as rows of width * channels values, as `RowZeroPadding2D`
+    # lowers: one PAD that copies whole rows.
+    _, height, width, channels = layer.input.shape
+    (top, bottom), (left, right) = layer.padding
+    y = LAYERS.Reshape((height, width * channels, 1), name=f"{name}_rows")(x)
+    y = LAYERS.ZeroPadding2D(
+        ((top, bottom), (left * channels, right * channels)), name=name
+    )(y)
+    return LAYERS.Reshape(
+        (height + top + bottom, width + left + right, channels),
+        name=f"{name}_image",
+    )(y)
+
+
+def _twin_average_pool(layer, x):
+    """The shortcut's average pool as a fixed depthwise conv."""
+    name = layer.name
+    if layer.padding != "valid":
+        raise UnsupportedLayerError(
+            f"Layer {name!r}: only 'valid' average pooling runs as a "
+            f"depthwise conv. Received: padding={layer.padding!r}"
+        )
+    pool = tuple(layer.pool_size)
+    conv = LAYERS.DepthwiseConv2D(
+        pool, strides=layer.strides, use_bias=False, trainable=False,
+        name=name,
+    )
+    kernel = np.full(
+        pool + (layer.input.shape[-1], 1), 1.0 / np.prod(pool), "float32"
+    )
+    annotated = QUANTIZE.quantize_annotate_layer(
+        conv, SharedRangeQuantizeConfig()
+    )
+    return annotated(x), [(conv, [kernel])]
+
+
+def _twin_layer(layer, x, freeze_batch_norm):
     """`(outputs, [(tf_keras layer, weights)])` for one Keras 3 layer."""
     name = layer.name
     weights = layer.get_weights()
@@ -201,39 +263,9 @@ def _twin_layer(layer, x):
     if isinstance(layer, ChannelShuffle):
         return _shuffle(x, layer.groups, layer.order, name), []
     if isinstance(layer, keras.layers.Normalization):
-        if not is_static_normalization(layer):
-            raise UnsupportedLayerError(
-                f"Layer {name!r}: QAT needs a normalisation with constant "
-                "statistics on a channels-last input of static width."
-            )
-        rescaling = tiled_rescaling(layer)
-        scale = QUANTIZE.quantize_annotate_layer(
-            ConstantOperand(
-                "multiply", rescaling.scale, trainable=False,
-                name=f"{name}_scale",
-            ),
-            ConstantOperandQuantizeConfig(),
-        )
-        offset = QUANTIZE.quantize_annotate_layer(
-            ConstantOperand(
-                "add", rescaling.offset, trainable=False, name=name
-            ),
-            ConstantOperandQuantizeConfig(),
-        )
-        return offset(scale(x)), []
+        return _twin_normalization(layer, x), []
     if isinstance(layer, RowZeroPadding2D):
-        # Padded as rows of width * channels values, as `RowZeroPadding2D`
-        # lowers: one PAD that copies whole rows.
-        _, height, width, channels = layer.input.shape
-        (top, bottom), (left, right) = layer.padding
-        y = LAYERS.Reshape((height, width * channels, 1), name=f"{name}_rows")(x)
-        y = LAYERS.ZeroPadding2D(
-            ((top, bottom), (left * channels, right * channels)), name=name
-        )(y)
-        return LAYERS.Reshape(
-            (height + top + bottom, width + left + right, channels),
-            name=f"{name}_image",
-        )(y), []
+        return _twin_row_padding(layer, x), []
     if isinstance(layer, keras.layers.ZeroPadding2D):
         return LAYERS.ZeroPadding2D(layer.padding, name=name)(x), []
     if isinstance(layer, PointwiseGroupConv2D):
@@ -243,23 +275,7 @@ def _twin_layer(layer, x):
         )
         return conv(x), [(conv, weights)]
     if isinstance(layer, DepthwiseAveragePooling2D):
-        if layer.padding != "valid":
-            raise UnsupportedLayerError(
-                f"Layer {name!r}: only 'valid' average pooling runs as a "
-                f"depthwise conv. Received: padding={layer.padding!r}"
-            )
-        pool = tuple(layer.pool_size)
-        conv = LAYERS.DepthwiseConv2D(
-            pool, strides=layer.strides, use_bias=False, trainable=False,
-            name=name,
-        )
-        kernel = np.full(
-            pool + (layer.input.shape[-1], 1), 1.0 / np.prod(pool), "float32"
-        )
-        annotated = QUANTIZE.quantize_annotate_layer(
-            conv, SharedRangeQuantizeConfig()
-        )
-        return annotated(x), [(conv, [kernel])]
+        return _twin_average_pool(layer, x)
     if isinstance(layer, keras.layers.DepthwiseConv2D):
         if layer.depth_multiplier != 1 or layer.use_bias:
             raise UnsupportedLayerError(
@@ -286,8 +302,10 @@ def _twin_layer(layer, x):
                 f"Layer {name!r}: the twin takes channels-last batch norms "
                 "with a scale and an offset."
             )
+        # tf_keras runs a non-trainable BN in inference mode, training too.
         norm = LAYERS.BatchNormalization(
-            epsilon=layer.epsilon, momentum=layer.momentum, name=name
+            epsilon=layer.epsilon, momentum=layer.momentum,
+            trainable=not freeze_batch_norm, name=name,
         )
         if isinstance(layer, ShufflingBatchNormalization):
             inverse = _inverse_shuffle(layer)
@@ -338,7 +356,7 @@ def _twin_stateless(layer, x):
     )
 
 
-def tf_keras_twin(model, batch_size=None):
+def tf_keras_twin(model, batch_size=None, freeze_batch_norm=False):
     """Builds the `tf_keras` twin of a channels-last Keras 3 ShuffleNet.
 
     The twin computes the same function with the same weights (logits
@@ -356,6 +374,9 @@ def tf_keras_twin(model, batch_size=None):
             static input size.
         batch_size: Static batch size of the twin's input. Defaults to
             None (any); conversion uses 1.
+        freeze_batch_norm: Make the batch norms non-trainable, so that
+            they normalise with their moving statistics when training too
+            (see `qat_model`). Defaults to False.
 
     Returns:
         A functional `tf_keras.Model` with the same layer names, holding
@@ -389,7 +410,7 @@ def tf_keras_twin(model, batch_size=None):
         inputs = keras.tree.map_structure(
             lambda t: tensors[id(t)], layer.input
         )
-        outputs, weights = _twin_layer(layer, inputs)
+        outputs, weights = _twin_layer(layer, inputs, freeze_batch_norm)
         tensors[id(layer.output)] = outputs
         assigned += weights
     twin = tf_keras.Model(
