@@ -8,6 +8,7 @@ training recipe, and conversion to a full-int8 TFLite model. Needs the
 from keras_shufflenet.qat.conversion import PIXEL_RANGE
 from keras_shufflenet.qat.conversion import QAT_INPUT_TYPES
 from keras_shufflenet.qat.conversion import QAT_OUTPUT_TYPES
+from keras_shufflenet.qat.conversion import calibrate_ranges
 from keras_shufflenet.qat.conversion import convert_qat
 from keras_shufflenet.qat.conversion import pin_input_range
 from keras_shufflenet.qat.conversion import qat_model
@@ -16,6 +17,7 @@ from keras_shufflenet.qat.conversion import trainable_variables
 from keras_shufflenet.qat.training import QatTrainer
 from keras_shufflenet.qat.training import train
 from keras_shufflenet.qat.twin import CUSTOM_OBJECTS
+from keras_shufflenet.qat.twin import RowZeroPadding
 from keras_shufflenet.qat.twin import UnsupportedLayerError
 from keras_shufflenet.qat.twin import copy_weights_back
 from keras_shufflenet.qat.twin import tf_keras_twin

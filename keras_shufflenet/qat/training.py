@@ -8,12 +8,15 @@ import os
 import keras
 import tensorflow as tf
 
+from keras_shufflenet.lite import calibration_images
 from keras_shufflenet.models import load_weights
+from keras_shufflenet.qat.conversion import calibrate_ranges
 from keras_shufflenet.qat.conversion import convert_qat
 from keras_shufflenet.qat.conversion import pin_input_range
 from keras_shufflenet.qat.conversion import qat_model
 from keras_shufflenet.qat.conversion import trainable_variables
 from keras_shufflenet.qat.twin import copy_weights_back
+from keras_shufflenet.qat.twin import tf_keras_twin
 from keras_shufflenet.training import CONFIG_FILE
 from keras_shufflenet.training import Trainer
 from keras_shufflenet.training import export_model
@@ -28,7 +31,8 @@ class QatTrainer(Trainer):
 
     It runs on one device, in float32. The model is `qat_model` of the
     `config.model` ShuffleNet holding the
-    weights of `config.qat_from`; everything else is `Trainer`'s: the
+    weights of `config.qat_from`, its activation ranges calibrated on 300
+    training images (`calibrate_ranges`); everything else is `Trainer`'s: the
     recipe's SGD on its schedule (set a small `optimizer.lr` and a few
     `train.epochs`), the input pipeline, evaluation every epoch (of the
     fake-quantized model), atomic checkpoints and resume. The float
@@ -91,8 +95,12 @@ class QatTrainer(Trainer):
                 config.model, self.num_classes, config.data.image_size
             )
             load_weights(self.float_model, config.qat_from)
-            model = qat_model(self.float_model)
+            twin = tf_keras_twin(self.float_model, freeze_batch_norm=True)
+            model = qat_model(twin)
             pin_input_range(model)
+            calibrate_ranges(
+                model, twin, calibration_images(config.data), self.global_batch
+            )
             optimizer = self._optimizer(trainable_variables(model))
         return model, model, optimizer
 
