@@ -7,6 +7,7 @@ them interleaved and writes benchmark.{md,csv,json,png} to --output_dir.
   python tflite/benchmark.py --num_runs_large=20          # all of Table 8
   python tflite/benchmark.py --models= --tflite=my.tflite --num_threads=4
   python tflite/benchmark.py --profile=shufflenet_1.0x_g3  # per block
+  python tflite/benchmark.py --models=shufflenet_1.0x_g3 --modes=int8 --qat
 
 Every ShuffleNet is also converted the two standard ways (--routes), rows
 suffixed [model.export] and [TFLiteConverter], to show that they give the
@@ -64,6 +65,13 @@ _ROUTES = flags.DEFINE_list(
     "litert_export (model.export(format='litert'), dynamic batch) and "
     "tflite_converter (SavedModel + tf.lite.TFLiteConverter).",
 )
+_QAT = flags.DEFINE_bool(
+    "qat",
+    False,
+    "Also time each ShuffleNet's quantization-aware int8 model (same "
+    "weights, ranges calibrated; `keras_shufflenet.qat`, the [qat] extra) "
+    "at the first resolution, beside its post-training int8 row.",
+)
 _RESOLUTIONS = flags.DEFINE_list(
     "resolutions", list(benchmark.RESOLUTIONS), "HEIGHTxWIDTH sizes."
 )
@@ -114,6 +122,21 @@ _PROFILE = flags.DEFINE_string(
     "Instead of the table, time each block of this ShuffleNet through "
     "truncated models (--resolutions[0], --modes[0]).",
 )
+
+
+def _qat_spec(spec):
+    """Converts `spec`'s QAT int8 model (logits) into the cache dir."""
+    from keras_shufflenet import qat
+
+    resolution = _RESOLUTIONS.value[0]
+    size = benchmark.RESOLUTIONS.get(resolution) or (
+        benchmark.parse_resolution(resolution)
+    )
+    path = os.path.join(_OUTPUT_DIR.value, f"{spec.name}_qat_int8.tflite")
+    model = spec.build(tuple(size) + (3,), True)
+    images = benchmark.calibration_images(size, _CALIBRATION_IMAGES.value)
+    qat.convert_qat(qat.calibrated_qat_model(model, images), path)
+    return benchmark.tflite_spec(path)
 
 
 def main(argv):
@@ -170,6 +193,8 @@ def main(argv):
         except ValueError as e:
             raise app.UsageError(f"--{flag.name}: {e}") from None
     specs += [benchmark.tflite_spec(path) for path in _TFLITE.value]
+    if _QAT.value:
+        specs += [_qat_spec(spec) for spec in shufflenets]
     large = {
         name: _NUM_RUNS_LARGE.value
         for name in _RESOLUTIONS.value

@@ -9,6 +9,7 @@ from keras_shufflenet.qat.conversion import PIXEL_RANGE
 from keras_shufflenet.qat.conversion import QAT_INPUT_TYPES
 from keras_shufflenet.qat.conversion import QAT_OUTPUT_TYPES
 from keras_shufflenet.qat.conversion import calibrate_ranges
+from keras_shufflenet.qat.conversion import calibrated_qat_model
 from keras_shufflenet.qat.conversion import convert_qat
 from keras_shufflenet.qat.conversion import pin_input_range
 from keras_shufflenet.qat.conversion import qat_model

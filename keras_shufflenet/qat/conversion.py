@@ -141,6 +141,32 @@ def calibrate_ranges(model, twin, images, batch_size=32):
             )
 
 
+def calibrated_qat_model(model, images, batch_size=8):
+    """A QAT model of `model` as fine-tuning starts: ranges calibrated.
+
+    Its weights are `model`'s, its activation ranges calibrated on
+    `images` (`calibrate_ranges`) and its weight ranges set by one
+    training-mode pass, which changes no weight (batch norm is frozen).
+    Converted, it is what QAT exports before any fine-tuning: the graph
+    to time against post-training quantization's (`tflite/benchmark.py
+    --qat`).
+
+    Args:
+        model: A Keras 3 `ShuffleNet`.
+        images: Pixel images `[n, height, width, 3]`.
+        batch_size: Images per calibration pass. Defaults to 8.
+
+    Returns:
+        A `qat_model`.
+    """
+    twin = tf_keras_twin(model, freeze_batch_norm=True)
+    quantized = qat_model(twin)
+    pin_input_range(quantized)
+    calibrate_ranges(quantized, twin, images, batch_size)
+    quantized(images[:batch_size], training=True)
+    return quantized
+
+
 def _is_tf_keras(model):
     return type(model).__module__.startswith("tf_keras")
 
