@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_shufflenet import data
 from keras_shufflenet import lite
 from keras_shufflenet import qat
+from keras_shufflenet import training
 from keras_shufflenet.models import ShuffleNet
 
 SIZE = 32
@@ -226,3 +228,24 @@ def test_tflite_agrees_with_the_qat_keras_model(trained):
     # learn is off by tens of steps.
     steps = np.abs(outputs - expected) / scale
     assert steps.max() <= 16, np.percentile(steps, [50, 99, 100])
+
+
+def _recipe(model_dir, qat_from):
+    return training.ExperimentConfig(
+        model_dir=str(model_dir),
+        qat_from=str(qat_from),
+        model=training.ModelConfig(scale=0.25, groups=3, shallow=True),
+        data=data.InputConfig(source="digits", image_size=SIZE),
+    )
+
+
+def test_qat_refuses_a_float_runs_model_dir(tmp_path):
+    float_run = _recipe(tmp_path, "")
+    training.save_config(float_run, tmp_path / training.CONFIG_FILE)
+    with pytest.raises(ValueError, match="holds a float training run"):
+        qat.QatTrainer(_recipe(tmp_path, tmp_path / "m.keras"))
+
+
+def test_float_trainer_refuses_a_qat_config(tmp_path):
+    with pytest.raises(ValueError, match="keras_shufflenet.qat.train"):
+        training.Trainer(_recipe(tmp_path, tmp_path / "m.keras"))
