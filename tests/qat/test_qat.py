@@ -60,11 +60,11 @@ def _labelled(n, seed=0):
 @pytest.mark.parametrize(
     "kwargs",
     [
-        dict(scale=0.5, groups=3, se=True),
+        dict(scale=0.25, groups=3, se=True, shallow=True),
         dict(scale=0.25, groups=2, shallow=True, shuffle_order="official"),
         dict(scale=0.25, groups=1),
     ],
-    ids=["g3_se", "g2_shallow_official", "g1"],
+    ids=["g3_se_shallow", "g2_shallow_official", "g1"],
 )
 def test_twin_computes_the_model_and_weights_go_back_exactly(kwargs):
     model = _model(**kwargs)
@@ -91,6 +91,11 @@ def test_a_layer_the_twin_cannot_express_is_named():
     model = keras.Model(inputs, x)
     with pytest.raises(qat.UnsupportedLayerError, match="odd_norm"):
         qat.qat_model(model)
+
+
+# The tests on the trained model run on one xdist worker, which builds it
+# once (pyproject.toml: --dist=loadgroup).
+on_trained_model = pytest.mark.xdist_group("qat_trained")
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +156,7 @@ def _train_small_qat_model():
     return model, quantized, losses, frozen, images, labels
 
 
+@on_trained_model
 def test_qat_steps_reduce_the_loss_and_leave_the_constants(trained):
     _, quantized, losses, frozen, _, _ = trained
     assert np.mean(losses[-2:]) < np.mean(losses[:2]), losses
@@ -162,6 +168,7 @@ def test_qat_steps_reduce_the_loss_and_leave_the_constants(trained):
             )
 
 
+@on_trained_model
 def test_converted_qat_model_is_the_ptq_graph_all_int8_in_one_piece(trained):
     model, quantized, _, _, images, _ = trained
     tflite = qat.convert_qat(quantized)
@@ -202,6 +209,7 @@ def _pad_ranks(tflite):
     )
 
 
+@on_trained_model
 def test_tflite_agrees_with_the_qat_keras_model(trained):
     _, quantized, _, _, _, _ = trained
     images, labels = _labelled(200, seed=1)
