@@ -175,15 +175,29 @@ class RowZeroPadding2D(keras.layers.ZeroPadding2D):
     def call(self, inputs, training=None):
         if training or not _static_channels_last(self, inputs.shape):
             return super().call(inputs)
-        _, height, width, channels = inputs.shape
-        (top, bottom), (left, right) = self.padding
-        x = ops.reshape(inputs, (-1, height, width * channels))
-        x = ops.pad(
-            x, ((0, 0), (top, bottom), (left * channels, right * channels))
-        )
-        return ops.reshape(
-            x, (-1, height + top + bottom, width + left + right, channels)
-        )
+        return row_zero_padding(inputs, self.padding)
+
+
+def row_zero_padding(inputs, padding):
+    """`RowZeroPadding2D`'s inference graph on a static channels-last image.
+
+    Args:
+        inputs: `(batch, height, width, channels)`, height, width and
+            channels static.
+        padding: `((top, bottom), (left, right))` in pixels.
+
+    Returns:
+        The zero-padded image.
+    """
+    _, height, width, channels = inputs.shape
+    (top, bottom), (left, right) = padding
+    x = ops.reshape(inputs, (-1, height, width * channels))
+    x = ops.pad(
+        x, ((0, 0), (top, bottom), (left * channels, right * channels))
+    )
+    return ops.reshape(
+        x, (-1, height + top + bottom, width + left + right, channels)
+    )
 
 
 def _inverse_shuffle(channels, groups, order):

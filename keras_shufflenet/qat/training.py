@@ -21,7 +21,6 @@ from keras_shufflenet.training import CONFIG_FILE
 from keras_shufflenet.training import Trainer
 from keras_shufflenet.training import export_model
 from keras_shufflenet.training import load_config
-from keras_shufflenet.training import resolve_config
 from keras_shufflenet.training.distribution import build_model
 from keras_shufflenet.utils.files import atomic_path
 
@@ -54,17 +53,13 @@ class QatTrainer(Trainer):
         verbose: Print progress (chief only). Defaults to True.
     """
 
-    quantization_aware = True
-
-    def __init__(self, config, strategy=None, verbose=True):
-        config = resolve_config(config)
+    def _check_config(self, config):
         if not config.qat_from:
             raise ValueError(
                 "QatTrainer needs `qat_from`: the trained float model to "
                 "fine-tune. Received: qat_from=''"
             )
         _check_model_dir(config)
-        super().__init__(config, strategy, verbose)
 
     def _set_up_devices(self, strategy):
         super()._set_up_devices(strategy)

@@ -12,7 +12,6 @@ gives, so it runs as fast.
 
 import keras
 import numpy as np
-import tensorflow as tf
 import tensorflow_model_optimization as tfmot
 import tf_keras
 
@@ -26,6 +25,7 @@ from keras_shufflenet.models import is_static_normalization
 from keras_shufflenet.models import shuffle_permutation
 from keras_shufflenet.models import tiled_rescaling
 from keras_shufflenet.models.layers import ChannelShuffle
+from keras_shufflenet.models.lowering import row_zero_padding
 
 QUANTIZE = tfmot.quantization.keras
 LAYERS = tf_keras.layers
@@ -102,15 +102,7 @@ class RowZeroPadding(LAYERS.Layer):
         self.padding = tuple(tuple(int(p) for p in pair) for pair in padding)
 
     def call(self, inputs):
-        _, height, width, channels = inputs.shape
-        (top, bottom), (left, right) = self.padding
-        x = tf.reshape(inputs, (-1, height, width * channels))
-        x = tf.pad(
-            x, ((0, 0), (top, bottom), (left * channels, right * channels))
-        )
-        return tf.reshape(
-            x, (-1, height + top + bottom, width + left + right, channels)
-        )
+        return row_zero_padding(inputs, self.padding)
 
     def compute_output_shape(self, input_shape):
         batch, height, width, channels = input_shape
@@ -154,21 +146,9 @@ def _weight_quantizer(per_axis):
 
 
 @tf_keras.saving.register_keras_serializable(package=PACKAGE)
-class OutputQuantizeConfig(QUANTIZE.QuantizeConfig):
+class OutputQuantizeConfig(PassThroughQuantizeConfig):
     """Quantizes a layer's output (8-bit, per tensor, moving-average range),
     as the converter quantizes a MUL's or ADD's."""
-
-    def get_weights_and_quantizers(self, layer):
-        return []
-
-    def get_activations_and_quantizers(self, layer):
-        return []
-
-    def set_quantize_weights(self, layer, quantize_weights):
-        pass
-
-    def set_quantize_activations(self, layer, quantize_activations):
-        pass
 
     def get_output_quantizers(self, layer):
         return [
@@ -177,9 +157,6 @@ class OutputQuantizeConfig(QUANTIZE.QuantizeConfig):
                 narrow_range=False,
             )
         ]
-
-    def get_config(self):
-        return {}
 
 
 @tf_keras.saving.register_keras_serializable(package=PACKAGE)
@@ -194,7 +171,7 @@ class ConstantOperandQuantizeConfig(OutputQuantizeConfig):
 
 
 @tf_keras.saving.register_keras_serializable(package=PACKAGE)
-class SharedRangeQuantizeConfig(QUANTIZE.QuantizeConfig):
+class SharedRangeQuantizeConfig(PassThroughQuantizeConfig):
     """Quantizes a depthwise kernel per channel and leaves the output to
     the concatenation it feeds.
 
@@ -208,20 +185,8 @@ class SharedRangeQuantizeConfig(QUANTIZE.QuantizeConfig):
     def get_weights_and_quantizers(self, layer):
         return [(layer.depthwise_kernel, _weight_quantizer(per_axis=True))]
 
-    def get_activations_and_quantizers(self, layer):
-        return []
-
     def set_quantize_weights(self, layer, quantize_weights):
         layer.depthwise_kernel = quantize_weights[0]
-
-    def set_quantize_activations(self, layer, quantize_activations):
-        pass
-
-    def get_output_quantizers(self, layer):
-        return []
-
-    def get_config(self):
-        return {}
 
 
 # What `tf_keras` needs to load a twin or its QAT model.

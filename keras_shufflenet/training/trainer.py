@@ -93,18 +93,9 @@ class Trainer:
         verbose: Print progress (chief only). Defaults to True.
     """
 
-    # Whether the trainer fine-tunes `config.qat_from` (`qat.QatTrainer`).
-    quantization_aware = False
-
     def __init__(self, config, strategy=None, verbose=True):
         config = resolve_config(config)
-        if config.qat_from and not self.quantization_aware:
-            raise ValueError(
-                f"{type(self).__name__} trains in float; for "
-                "quantization-aware training from qat_from="
-                f"{config.qat_from!r} use `keras_shufflenet.qat.train` "
-                '(pip install -e ".[qat]").'
-            )
+        self._check_config(config)
         self.config = config
         self._set_up_devices(strategy)
         self.log = RunLog(config.model_dir, self.chief, verbose)
@@ -126,6 +117,16 @@ class Trainer:
         self.checkpoint_dir = self.checkpoints.directory
         self.history = []
         self._bad_names_logged = 0
+
+    def _check_config(self, config):
+        """Refuses a config this trainer cannot run, before any work."""
+        if config.qat_from:
+            raise ValueError(
+                f"{type(self).__name__} trains in float; for "
+                "quantization-aware training from qat_from="
+                f"{config.qat_from!r} use `keras_shufflenet.qat.train` "
+                '(pip install -e ".[qat]").'
+            )
 
     def _set_up_devices(self, strategy):
         """The `tf.distribute` strategy, its replicas and the precision."""
