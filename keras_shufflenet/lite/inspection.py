@@ -35,7 +35,9 @@ def model_bytes(tflite, argument="tflite"):
     )
 
 
-def make_interpreter(tflite, delegate=True, num_threads=1):
+def make_interpreter(
+    tflite, delegate=True, num_threads=1, preserve_all_tensors=False
+):
     resolver = (
         OpResolverType.AUTO
         if delegate
@@ -45,6 +47,8 @@ def make_interpreter(tflite, delegate=True, num_threads=1):
         model_content=model_bytes(tflite),
         experimental_op_resolver_type=resolver,
         num_threads=num_threads,
+        # Intermediate tensors readable after `invoke` (no delegate).
+        experimental_preserve_all_tensors=preserve_all_tensors,
     )
     interpreter.allocate_tensors()
     return interpreter

@@ -15,6 +15,7 @@ from keras_shufflenet.qat.conversion import pin_input_range
 from keras_shufflenet.qat.conversion import qat_model
 from keras_shufflenet.qat.conversion import quantize_scope
 from keras_shufflenet.qat.conversion import trainable_variables
+from keras_shufflenet.qat.inspection import layer_steps
 from keras_shufflenet.qat.training import QatTrainer
 from keras_shufflenet.qat.training import train
 from keras_shufflenet.qat.twin import CUSTOM_OBJECTS

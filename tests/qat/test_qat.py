@@ -239,6 +239,28 @@ def test_tflite_agrees_with_the_qat_keras_model(trained):
     assert steps.max() <= 16, np.percentile(steps, [50, 99, 100])
 
 
+@on_trained_model
+def test_layer_steps_show_rounding_that_adds_up_over_the_units(trained):
+    """The converter keeps QAT's ranges: the stem differs by rounding
+    only, and every unit is reported, deeper ones further off."""
+    _, quantized, _, _, _, _, tflite = trained
+    images, _ = _labelled(4, seed=1)
+    steps = qat.layer_steps(quantized, tflite, images)
+    names = list(steps)
+    assert names[:4] == [
+        "quantize_layer", "preprocessing_scale", "preprocessing", "conv1_pad"
+    ]
+    for name in names[:4] + ["conv1_relu"]:
+        # One step, up to float32 rounding of (q - zero point) * scale.
+        assert steps[name] <= 1.0 + 1e-4, (name, steps[name])
+    units = [n for n in names if n.endswith("_gconv1_relu")]
+    assert len(units) == 8, units  # Table 5's half depth: 2 + 4 + 2.
+    assert names[-1] == "predictions"
+    assert steps["predictions"] <= 16
+    # The last unit's input is further off than the first unit's.
+    assert steps[units[-1]] > steps[units[0]], steps
+
+
 def _recipe(model_dir, qat_from):
     return training.ExperimentConfig(
         model_dir=str(model_dir),
