@@ -2,6 +2,7 @@
 layer, in int8 steps."""
 
 import numpy as np
+import tensorflow as tf
 
 from keras_shufflenet.lite import make_interpreter
 
@@ -60,18 +61,19 @@ def layer_steps(model, tflite, images):
                 break
     wrappers = [layer for layer in model.layers[1:] if layer.name in found]
     probe = type(model)(model.input, [layer.output for layer in wrappers])
+    # One batched pass for the Keras side; the TFLite model takes batch 1.
+    expected = [
+        np.asarray(v) for v in tf.nest.flatten(probe(images, training=False))
+    ]
     steps = {names[layer.name]: 0.0 for layer in wrappers}
-    for image in images:
-        expected = probe(image[None], training=False)
-        if len(wrappers) == 1:
-            expected = [expected]
+    for i, image in enumerate(images):
         interpreter.set_tensor(source["index"], image[None])
         interpreter.invoke()
-        for layer, value in zip(wrappers, expected):
+        for layer, values in zip(wrappers, expected):
             tensor = found[layer.name]
             scale, zero_point = tensor["quantization"]
-            got = interpreter.get_tensor(tensor["index"]).astype("float32")
-            difference = np.abs((got - zero_point) * scale - value.numpy())
+            got = interpreter.get_tensor(tensor["index"])[0].astype("float32")
+            difference = np.abs((got - zero_point) * scale - values[i])
             steps[names[layer.name]] = max(
                 steps[names[layer.name]], float(difference.max() / scale)
             )
