@@ -2,6 +2,7 @@
 full-int8 conversion and its agreement with the QAT Keras model."""
 
 import collections
+import shutil
 
 import keras
 import numpy as np
@@ -281,3 +282,68 @@ def test_qat_refuses_a_float_runs_model_dir(tmp_path):
 def test_float_trainer_refuses_a_qat_config(tmp_path):
     with pytest.raises(ValueError, match="keras_shufflenet.qat.train"):
         training.Trainer(_recipe(tmp_path, tmp_path / "m.keras"))
+
+
+@pytest.mark.long
+def test_qat_recipe_exports_int8_and_resumes_bit_exactly(tmp_path):
+    """`QatTrainer`, as `recipes/train.py --qat_from` runs it: the data
+    pipeline, checkpoints, evaluation and the full-int8 export; a run
+    restarted from its step-2 checkpoint, as a kill -9 after that
+    checkpoint leaves it, ends with the uninterrupted run's weights, the
+    activation ranges and the optimizer state included."""
+    keras.utils.set_random_seed(0)
+    float_path = tmp_path / "float.keras"
+    ShuffleNet(
+        0.25, 3, shallow=True, input_shape=(SIZE, SIZE, 3), classes=10
+    ).save(float_path)
+
+    def recipe(model_dir):
+        return training.ExperimentConfig(
+            model_dir=str(model_dir),
+            strategy="cpu",
+            qat_from=str(float_path),
+            model=training.ModelConfig(
+                scale=0.25, groups=3, shallow=True, fused_training=False
+            ),
+            optimizer=training.OptimizerConfig(lr=0.05, warmup_epochs=0.0),
+            train=training.TrainConfig(
+                batch_size=16, steps=4, eval_batch_size=120,
+                bn_recalibration_epochs=0.0, steps_per_execution=2,
+                checkpoint_every_steps=2, log_every_steps=2,
+                deterministic=True,
+            ),
+            data=data.InputConfig(source="digits", image_size=SIZE),
+        )
+
+    whole = qat.QatTrainer(recipe(tmp_path / "whole"), verbose=False)
+    result = whole.fit()
+    assert result.step == 4
+    assert result.metrics["examples"] == 360
+    lite.check_builtin_ops(result.tflite_path)
+    interpreter = lite.make_interpreter(result.tflite_path, delegate=False)
+    assert interpreter.get_input_details()[0]["dtype"] == np.float32
+    ops = collections.Counter(lite.op_list(result.tflite_path))
+    assert ops["QUANTIZE"] == 1 and ops["DEQUANTIZE"] == 1
+    exported = keras.saving.load_model(result.keras_path, safe_mode=True)
+    assert exported.name == "shufflenet_0.25x_g3_shallow"
+
+    # What a kill -9 right after the step-2 checkpoint leaves behind.
+    restarted = tmp_path / "restarted"
+    (restarted / "checkpoints").mkdir(parents=True)
+    for path in (tmp_path / "whole" / "checkpoints").glob("ckpt-2.*"):
+        shutil.copy(path, restarted / "checkpoints" / path.name)
+    shutil.copy(
+        tmp_path / "whole" / training.CONFIG_FILE,
+        restarted / training.CONFIG_FILE,
+    )
+    resumed = qat.QatTrainer(recipe(restarted), verbose=False)
+    lines = []
+    resumed.log.say = lines.append
+    assert resumed.fit().step == 4
+    assert any("at step 2 of 4" in line for line in lines), lines
+    names = [v.name for v in whole.model.weights]
+    assert any(n.endswith("output_max:0") for n in names)
+    for a, b, name in zip(whole.model.weights, resumed.model.weights, names):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=name)
+    for a, b in zip(whole.optimizer.variables, resumed.optimizer.variables):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
