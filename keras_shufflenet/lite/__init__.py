@@ -32,6 +32,7 @@ from keras_shufflenet.lite.evaluation import outputs_softmax
 from keras_shufflenet.lite.evaluation import plot_conversions
 from keras_shufflenet.lite.evaluation import write_report
 from keras_shufflenet.lite.inspection import PASS_THROUGH_OPS
+from keras_shufflenet.lite.inspection import WEIGHTED_OPS
 from keras_shufflenet.lite.inspection import XNNPACK_MAX_REQUANTIZATION_SCALE
 from keras_shufflenet.lite.inspection import UnsupportedOpError
 from keras_shufflenet.lite.inspection import check_builtin_ops
@@ -42,6 +43,7 @@ from keras_shufflenet.lite.inspection import model_report
 from keras_shufflenet.lite.inspection import op_list
 from keras_shufflenet.lite.inspection import op_name
 from keras_shufflenet.lite.inspection import read_flatbuffer
+from keras_shufflenet.lite.inspection import weight_scales
 from keras_shufflenet.lite.inspection import xnnpack_coverage
 from keras_shufflenet.lite.inspection import xnnpack_scale_violations
 from keras_shufflenet.lite.model_flags import define_model_flags

@@ -2,6 +2,7 @@
 range, int8 and int16x8 post-training quantization, builtin ops only.
 """
 
+import copy
 import functools
 import os
 import tempfile
@@ -293,6 +294,7 @@ def quantize_with_ai_edge_quantizer(
     *,
     num_calibration_images=DEFAULT_NUM_CALIBRATION_IMAGES,
     recipe="static_wi8_ai8",
+    per_tensor_ops=(),
 ):
     """Quantizes a float32 `.tflite` with the LiteRT AI Edge Quantizer.
 
@@ -311,6 +313,9 @@ def quantize_with_ai_edge_quantizer(
         recipe: A recipe function name of `ai_edge_quantizer.recipe`, e.g.
             "static_wi8_ai8" or "dynamic_wi8_afp32". Defaults to
             "static_wi8_ai8".
+        per_tensor_ops: TFLite op names (e.g. "DEPTHWISE_CONV_2D") whose
+            weights get one scale per tensor instead of the recipe's
+            granularity, for targets that need it. Defaults to none.
 
     Returns:
         The quantized `.tflite` flatbuffer as bytes.
@@ -332,7 +337,16 @@ def quantize_with_ai_edge_quantizer(
     images = check_images(calibration_data, size, "calibration_data")
     images = images[:num_calibration_images]
     (input_name,) = interpreter.get_signature_list()[SIGNATURE_KEY]["inputs"]
-    quantizer = aeq_quantizer.Quantizer(float_tflite, recipe_fn())
+    entries = recipe_fn()
+    for op in per_tensor_ops:
+        # A later entry overrides an earlier one for the ops it matches.
+        entry = copy.deepcopy(entries[-1])
+        entry["operation"] = op
+        entry["op_config"]["weight_tensor_config"]["granularity"] = (
+            "TENSORWISE"
+        )
+        entries.append(entry)
+    quantizer = aeq_quantizer.Quantizer(float_tflite, entries)
     calibration = None
     samples = [
         {input_name: image[np.newaxis].astype(np.float32)} for image in images

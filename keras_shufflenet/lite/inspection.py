@@ -83,6 +83,34 @@ def op_list(tflite):
     ]
 
 
+WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+def weight_scales(tflite):
+    """How many scales each weighted op's int8 kernel has.
+
+    One is per-tensor quantization, one per output channel is per-channel
+    (some accelerators take only the former).
+
+    Args:
+        tflite: `.tflite` bytes or path.
+
+    Returns:
+        `(op name, number of scales)` for every op of `WEIGHTED_OPS`, in
+        graph order; 0 scales for a float kernel.
+    """
+    model = read_flatbuffer(model_bytes(tflite))
+    found = []
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            name = op_name(model, op.opcodeIndex)
+            if name in WEIGHTED_OPS:
+                kernel = subgraph.tensors[op.inputs[1]]
+                scales = kernel.quantization and kernel.quantization.scale
+                found.append((name, 0 if scales is None else len(scales)))
+    return found
+
+
 def check_builtin_ops(tflite):
     """Raises `UnsupportedOpError` if a `.tflite` has non-builtin ops.
 

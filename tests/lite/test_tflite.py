@@ -466,6 +466,21 @@ def test_ai_edge_quantizer_int8_agrees_with_float(converted, calibration,
     assert result["top1_agreement"] >= 14 / 16
 
 
+def test_ai_edge_quantizer_gives_the_named_ops_one_weight_scale(
+    converted, calibration
+):
+    pytest.importorskip("ai_edge_quantizer")
+    tflite = lite.quantize_with_ai_edge_quantizer(
+        converted["float32"], calibration,
+        per_tensor_ops=("DEPTHWISE_CONV_2D",),
+    )
+    scales = lite.weight_scales(tflite)
+    assert {op for op, _ in scales} == set(lite.WEIGHTED_OPS)
+    for op, count in scales:
+        # Per channel: one scale per output channel, more than one here.
+        assert (count == 1) == (op == "DEPTHWISE_CONV_2D"), (op, count)
+
+
 def _near_zero_variance_model():
     """A depthwise + BN whose channel 0 has zero variance and gamma 1000."""
     inputs = keras.Input((8, 8, 3))
