@@ -17,7 +17,9 @@ checkpoint first and exits with status 75 (`training.PREEMPTED_EXIT_CODE`).
 `--qat_from=runs/quickstart_digits/export/shufflenet_0.5x_g3.keras
 --model_dir=runs/quickstart_qat --optimizer.lr=0.2 --train.epochs=3` fine-tunes
 a trained model with quantization-aware training and exports a full-int8
-TFLite model (`pip install -e ".[qat]"`); see tflite/README.md, "PTQ or QAT".
+TFLite model (`pip install -e ".[qat]"`); `--qat_per_tensor_depthwise=true`
+gives each depthwise kernel one scale, for targets that need it. See
+tflite/README.md, "PTQ or QAT".
 
 `KERAS_BACKEND=jax python recipes/train.py ...` runs the same recipe on
 JAX with `keras.distribution.DataParallel` and Orbax checkpoints

@@ -16,10 +16,10 @@ from keras_shufflenet.qat.conversion import qat_model
 from keras_shufflenet.qat.conversion import quantize_scope
 from keras_shufflenet.qat.conversion import trainable_variables
 from keras_shufflenet.qat.inspection import layer_steps
+from keras_shufflenet.qat.layers import CUSTOM_OBJECTS
+from keras_shufflenet.qat.layers import RowZeroPadding
 from keras_shufflenet.qat.training import QatTrainer
 from keras_shufflenet.qat.training import train
-from keras_shufflenet.qat.twin import CUSTOM_OBJECTS
-from keras_shufflenet.qat.twin import RowZeroPadding
 from keras_shufflenet.qat.twin import UnsupportedLayerError
 from keras_shufflenet.qat.twin import copy_weights_back
 from keras_shufflenet.qat.twin import tf_keras_twin

@@ -26,6 +26,10 @@ class QuantizationSetting:
         num_calibration_images: PTQ calibration images (training split).
         qat_epochs: Epochs of quantization-aware fine-tuning.
         qat_lr_factor: QAT's learning rate as a fraction of the recipe's.
+        per_tensor_depthwise: One weight scale per depthwise kernel, both
+            ways: PTQ by the AI Edge Quantizer (the converter can only
+            make every kernel per-tensor), QAT with the batch norms folded
+            first (`qat_per_tensor_depthwise`). Other weights per channel.
     """
 
     name: str
@@ -34,6 +38,7 @@ class QuantizationSetting:
     num_calibration_images: int = lite.DEFAULT_NUM_CALIBRATION_IMAGES
     qat_epochs: float = 2.0
     qat_lr_factor: float = 0.1
+    per_tensor_depthwise: bool = False
 
 
 def compare_quantization(setting, seed, work_dir, verbose=False):
@@ -69,21 +74,31 @@ def compare_quantization(setting, seed, work_dir, verbose=False):
     float_top1 = lite.evaluate_tflite(
         lite.convert(model, logits=True), dataset
     )["tflite_top1"]
-    ptq = lite.convert(
-        model,
-        mode="int8",
-        calibration_data=lite.calibration_images(
-            config.data, setting.num_calibration_images
-        ),
-        num_calibration_images=setting.num_calibration_images,
-        logits=True,
+    calibration = lite.calibration_images(
+        config.data, setting.num_calibration_images
     )
+    if setting.per_tensor_depthwise:
+        ptq = lite.quantize_with_ai_edge_quantizer(
+            lite.convert(model, logits=True),
+            calibration,
+            num_calibration_images=setting.num_calibration_images,
+            per_tensor_ops=("DEPTHWISE_CONV_2D",),
+        )
+    else:
+        ptq = lite.convert(
+            model,
+            mode="int8",
+            calibration_data=calibration,
+            num_calibration_images=setting.num_calibration_images,
+            logits=True,
+        )
     ptq_top1 = lite.evaluate_tflite(ptq, dataset)["tflite_top1"]
 
     qat_config = dataclasses.replace(
         config,
         model_dir=os.path.join(work_dir, setting.name, f"seed{seed}", "qat"),
         qat_from=float_result.keras_path,
+        qat_per_tensor_depthwise=setting.per_tensor_depthwise,
         optimizer=dataclasses.replace(
             config.optimizer,
             lr=config.optimizer.lr * setting.qat_lr_factor,

@@ -10,8 +10,8 @@ import tensorflow as tf
 from keras_shufflenet.lite import check_builtin_ops
 from keras_shufflenet.lite import make_interpreter
 from keras_shufflenet.lite import op_list
-from keras_shufflenet.qat.twin import CUSTOM_OBJECTS
-from keras_shufflenet.qat.twin import QUANTIZE
+from keras_shufflenet.qat.layers import CUSTOM_OBJECTS
+from keras_shufflenet.qat.layers import QUANTIZE
 from keras_shufflenet.qat.twin import tf_keras_twin
 from keras_shufflenet.utils.checks import check_choice
 from keras_shufflenet.utils.files import write_atomic
@@ -27,7 +27,9 @@ def quantize_scope():
     return QUANTIZE.quantize_scope(CUSTOM_OBJECTS)
 
 
-def qat_model(model_or_twin, freeze_batch_norm=True):
+def qat_model(
+    model_or_twin, freeze_batch_norm=True, per_tensor_depthwise=False
+):
     """Wraps a ShuffleNet for quantization-aware training (8-bit).
 
     tfmot's default 8-bit scheme, as the TFLite converter quantizes:
@@ -54,6 +56,9 @@ def qat_model(model_or_twin, freeze_batch_norm=True):
             `tf_keras_twin`) or a twin.
         freeze_batch_norm: See above; for a Keras 3 model only (a twin
             is taken as built). Defaults to True.
+        per_tensor_depthwise: One weight scale per depthwise kernel, its
+            batch norm folded in first (`tf_keras_twin`); for a Keras 3
+            model only. Defaults to False.
 
     Returns:
         A `tf_keras.Model` with fake-quantization, holding the weights.
@@ -64,11 +69,13 @@ def qat_model(model_or_twin, freeze_batch_norm=True):
     twin = model_or_twin
     if not _is_tf_keras(twin):
         twin = tf_keras_twin(
-            model_or_twin, freeze_batch_norm=freeze_batch_norm
+            model_or_twin, freeze_batch_norm=freeze_batch_norm,
+            per_tensor_depthwise=per_tensor_depthwise,
         )
-    # Per-channel weights only: per-tensor fake-quantization before the
-    # batch norm does not survive folding it, and the converter leaves
-    # such convolutions in float (`convert_qat` refuses the result).
+    # Per-tensor weights only where the batch norm is folded in first:
+    # per-tensor fake-quantization before a batch norm does not survive
+    # folding it, and the converter leaves such convolutions in float
+    # (`convert_qat` refuses the result).
     with quantize_scope():
         return QUANTIZE.quantize_model(twin)
 

@@ -90,7 +90,10 @@ class QatTrainer(Trainer):
                 config.model, self.num_classes, config.data.image_size
             )
             load_weights(self.float_model, config.qat_from)
-            twin = tf_keras_twin(self.float_model, freeze_batch_norm=True)
+            twin = tf_keras_twin(
+                self.float_model, freeze_batch_norm=True,
+                per_tensor_depthwise=config.qat_per_tensor_depthwise,
+            )
             model = qat_model(twin)
             pin_input_range(model)
             calibrate_ranges(

@@ -12,7 +12,6 @@ gives, so it runs as fast.
 
 import keras
 import numpy as np
-import tensorflow_model_optimization as tfmot
 import tf_keras
 
 from keras_shufflenet.models import DeferredChannelShuffle
@@ -25,179 +24,20 @@ from keras_shufflenet.models import is_static_normalization
 from keras_shufflenet.models import shuffle_permutation
 from keras_shufflenet.models import tiled_rescaling
 from keras_shufflenet.models.layers import ChannelShuffle
-from keras_shufflenet.models.lowering import row_zero_padding
-
-QUANTIZE = tfmot.quantization.keras
-LAYERS = tf_keras.layers
-PACKAGE = "keras_shufflenet_qat"
+from keras_shufflenet.qat.layers import LAYERS
+from keras_shufflenet.qat.layers import QUANTIZE
+from keras_shufflenet.qat.layers import ConstantOperand
+from keras_shufflenet.qat.layers import ConstantOperandQuantizeConfig
+from keras_shufflenet.qat.layers import OutputQuantizeConfig
+from keras_shufflenet.qat.layers import PassThroughQuantizeConfig
+from keras_shufflenet.qat.layers import PerTensorDepthwiseQuantizeConfig
+from keras_shufflenet.qat.layers import RowZeroPadding
+from keras_shufflenet.qat.layers import SharedRangeQuantizeConfig
 
 
 class UnsupportedLayerError(ValueError):
     """A model holds a layer the `tf_keras` twin cannot express."""
 
-
-@tf_keras.saving.register_keras_serializable(package=PACKAGE)
-class ConstantOperand(LAYERS.Layer):
-    """Multiplies or adds a constant, broadcast over the input.
-
-    The tiled image normalisation is `x * scale + offset`; as two of these
-    layers, QAT gives each constant and each output its own 8-bit range,
-    as the converter's MUL and ADD need (see `ConstantOperandQuantizeConfig`).
-
-    Args:
-        operation: `"multiply"` or `"add"`.
-        value: The constant, broadcastable to the input.
-        **kwargs: Base layer arguments.
-    """
-
-    def __init__(self, operation, value, **kwargs):
-        super().__init__(**kwargs)
-        if operation not in ("multiply", "add"):
-            raise ValueError(
-                "`operation` must be 'multiply' or 'add'. Received: "
-                f"operation={operation!r}"
-            )
-        self.operation = operation
-        self.initial_value = np.asarray(value, "float32")
-
-    def build(self, input_shape):
-        self.value = self.add_weight(
-            name="value",
-            shape=self.initial_value.shape,
-            initializer=tf_keras.initializers.Constant(self.initial_value),
-            trainable=False,
-        )
-        super().build(input_shape)
-
-    def call(self, inputs):
-        if self.operation == "multiply":
-            return inputs * self.value
-        return inputs + self.value
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            operation=self.operation, value=self.initial_value.tolist()
-        )
-        return config
-
-
-@tf_keras.saving.register_keras_serializable(package=PACKAGE)
-class RowZeroPadding(LAYERS.Layer):
-    """Zero-pads an image as rows of `width * channels` values.
-
-    The `tf_keras` form of `models.lowering.RowZeroPadding2D`'s inference
-    graph: RESHAPE to `(batch, height, width * channels)`, PAD, RESHAPE
-    back. A rank-4 padding of `(height, width * channels, 1)` would name
-    the same ops, but XNNPACK copies its one-value innermost rows one by
-    one: ShuffleNet 1x int8 ran 60% slower for it.
-
-    Args:
-        padding: `((top, bottom), (left, right))` in pixels.
-        **kwargs: Base layer arguments.
-    """
-
-    def __init__(self, padding, **kwargs):
-        super().__init__(**kwargs)
-        self.padding = tuple(tuple(int(p) for p in pair) for pair in padding)
-
-    def call(self, inputs):
-        return row_zero_padding(inputs, self.padding)
-
-    def compute_output_shape(self, input_shape):
-        batch, height, width, channels = input_shape
-        (top, bottom), (left, right) = self.padding
-        return (batch, height + top + bottom, width + left + right, channels)
-
-    def get_config(self):
-        config = super().get_config()
-        config["padding"] = self.padding
-        return config
-
-
-@tf_keras.saving.register_keras_serializable(package=PACKAGE)
-class PassThroughQuantizeConfig(QUANTIZE.QuantizeConfig):
-    """Quantizes nothing: the layer moves int8 values (a padding)."""
-
-    def get_weights_and_quantizers(self, layer):
-        return []
-
-    def get_activations_and_quantizers(self, layer):
-        return []
-
-    def set_quantize_weights(self, layer, quantize_weights):
-        pass
-
-    def set_quantize_activations(self, layer, quantize_activations):
-        pass
-
-    def get_output_quantizers(self, layer):
-        return []
-
-    def get_config(self):
-        return {}
-
-
-def _weight_quantizer(per_axis):
-    # What the converter does: symmetric 8-bit weights, [-127, 127].
-    return QUANTIZE.quantizers.LastValueQuantizer(
-        num_bits=8, per_axis=per_axis, symmetric=True, narrow_range=True
-    )
-
-
-@tf_keras.saving.register_keras_serializable(package=PACKAGE)
-class OutputQuantizeConfig(PassThroughQuantizeConfig):
-    """Quantizes a layer's output (8-bit, per tensor, moving-average range),
-    as the converter quantizes a MUL's or ADD's."""
-
-    def get_output_quantizers(self, layer):
-        return [
-            QUANTIZE.quantizers.MovingAverageQuantizer(
-                num_bits=8, per_axis=False, symmetric=False,
-                narrow_range=False,
-            )
-        ]
-
-
-@tf_keras.saving.register_keras_serializable(package=PACKAGE)
-class ConstantOperandQuantizeConfig(OutputQuantizeConfig):
-    """Quantizes a `ConstantOperand`'s constant (per tensor) and output."""
-
-    def get_weights_and_quantizers(self, layer):
-        return [(layer.value, _weight_quantizer(per_axis=False))]
-
-    def set_quantize_weights(self, layer, quantize_weights):
-        layer.value = quantize_weights[0]
-
-
-@tf_keras.saving.register_keras_serializable(package=PACKAGE)
-class SharedRangeQuantizeConfig(PassThroughQuantizeConfig):
-    """Quantizes a depthwise kernel per channel and leaves the output to
-    the concatenation it feeds.
-
-    TFLite's int8 CONCATENATION needs one scale for its inputs and output,
-    so the converter gives every input the concatenation's range. tfmot's
-    default config would give the shortcut's pooling its own output range,
-    which QAT then learns for nothing (tfmot issue #1053); here the output
-    is quantized once, by the concatenation, as on device.
-    """
-
-    def get_weights_and_quantizers(self, layer):
-        return [(layer.depthwise_kernel, _weight_quantizer(per_axis=True))]
-
-    def set_quantize_weights(self, layer, quantize_weights):
-        layer.depthwise_kernel = quantize_weights[0]
-
-
-# What `tf_keras` needs to load a twin or its QAT model.
-CUSTOM_OBJECTS = {
-    "ConstantOperand": ConstantOperand,
-    "RowZeroPadding": RowZeroPadding,
-    "PassThroughQuantizeConfig": PassThroughQuantizeConfig,
-    "ConstantOperandQuantizeConfig": ConstantOperandQuantizeConfig,
-    "OutputQuantizeConfig": OutputQuantizeConfig,
-    "SharedRangeQuantizeConfig": SharedRangeQuantizeConfig,
-}
 
 
 def _inverse_shuffle(layer):
@@ -255,7 +95,7 @@ def _twin_row_padding(layer, x):
     )(x)
 
 
-def _twin_average_pool(layer, x):
+def _twin_average_pool(layer, x, per_axis):
     """The shortcut's average pool as a fixed depthwise conv."""
     name = layer.name
     if layer.padding != "valid":
@@ -272,15 +112,101 @@ def _twin_average_pool(layer, x):
         pool + (layer.input.shape[-1], 1), 1.0 / np.prod(pool), "float32"
     )
     annotated = QUANTIZE.quantize_annotate_layer(
-        conv, SharedRangeQuantizeConfig()
+        conv, SharedRangeQuantizeConfig(per_axis)
     )
     return annotated(x), [(conv, [kernel])]
 
 
-def _twin_layer(layer, x, freeze_batch_norm):
-    """`(outputs, [(tf_keras layer, weights)])` for one Keras 3 layer."""
+def _depthwise_batch_norms(model):
+    """`{depthwise conv name: batch norm}` for every depthwise conv whose
+    output only a batch norm reads (all of ShuffleNet's; not the
+    shortcut's average pool)."""
+    readers = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        for tensor in keras.tree.flatten(layer.input):
+            readers.setdefault(id(tensor), []).append(layer)
+    pairs = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            after = readers.get(id(layer.output), [])
+            if len(after) == 1 and isinstance(
+                after[0], keras.layers.BatchNormalization
+            ):
+                pairs[layer.name] = after[0]
+    return pairs
+
+
+def _twin_order_depthwise(layer, kernel):
+    """A depthwise kernel in the twin's channel order."""
+    if isinstance(layer, PermutedDepthwiseConv2D):
+        return kernel[:, :, _inverse_shuffle(layer), :]
+    return kernel
+
+
+def _twin_order_batch_norm(layer, weights):
+    """A batch norm's weights in the twin's channel order (the twin
+    shuffles after it)."""
+    if isinstance(layer, ShufflingBatchNormalization):
+        inverse = _inverse_shuffle(layer)
+        return [w[inverse] for w in weights]
+    return weights
+
+
+def _fold_scale(norm, weights):
+    """Per channel, what a frozen batch norm multiplies by."""
+    gamma, _, _, variance = weights
+    return gamma / np.sqrt(variance + np.float32(norm.epsilon))
+
+
+def _twin_depthwise(layer, x, norm=None):
+    """A depthwise conv's twin; with `norm`, that batch norm folded in and
+    the kernel quantized per tensor."""
+    name = layer.name
+    if layer.depth_multiplier != 1 or layer.use_bias:
+        raise UnsupportedLayerError(
+            f"Layer {name!r}: the twin takes depthwise convs with "
+            "depth_multiplier=1 and no bias, as ShuffleNet has."
+        )
+    kernel = _twin_order_depthwise(layer, layer.get_weights()[0])
+    conv = LAYERS.DepthwiseConv2D(
+        layer.kernel_size, strides=layer.strides, padding=layer.padding,
+        use_bias=norm is not None, name=name,
+    )
+    if norm is None:
+        return conv(x), [(conv, [kernel])]
+    # y = s * (conv(x) - mean) + beta: the kernel times s, and a bias.
+    stats = _twin_order_batch_norm(norm, norm.get_weights())
+    scale = _fold_scale(norm, stats)
+    weights = [
+        kernel * scale[None, None, :, None], stats[1] - stats[2] * scale
+    ]
+    annotated = QUANTIZE.quantize_annotate_layer(
+        conv, PerTensorDepthwiseQuantizeConfig()
+    )
+    return annotated(x), [(conv, weights)]
+
+
+def _twin_layer(layer, x, freeze_batch_norm, folded=None):
+    """`(outputs, [(tf_keras layer, weights)])` for one Keras 3 layer.
+
+    `folded` maps the depthwise convs whose batch norm the twin folds in
+    to that batch norm; those batch norms become identities (or their
+    shuffle).
+    """
+    folded = folded or {}
     name = layer.name
     weights = layer.get_weights()
+    if isinstance(layer, keras.layers.BatchNormalization) and any(
+        norm is layer for norm in folded.values()
+    ):
+        if isinstance(layer, ShufflingBatchNormalization):
+            return _shuffle(
+                x, layer.shuffle_groups, layer.shuffle_order,
+                f"{name}_shuffle",
+            ), []
+        return x, []
     if isinstance(layer, DeferredChannelShuffle):
         return x, []  # Shuffled after the depthwise conv's BN.
     if isinstance(layer, ChannelShuffle):
@@ -298,20 +224,11 @@ def _twin_layer(layer, x, freeze_batch_norm):
         )
         return conv(x), [(conv, weights)]
     if isinstance(layer, DepthwiseAveragePooling2D):
-        return _twin_average_pool(layer, x)
+        # One scale where the depthwise kernels have one (its kernel is a
+        # constant: either gives the same int8 values).
+        return _twin_average_pool(layer, x, per_axis=not folded)
     if isinstance(layer, keras.layers.DepthwiseConv2D):
-        if layer.depth_multiplier != 1 or layer.use_bias:
-            raise UnsupportedLayerError(
-                f"Layer {name!r}: the twin takes depthwise convs with "
-                "depth_multiplier=1 and no bias, as ShuffleNet has."
-            )
-        if isinstance(layer, PermutedDepthwiseConv2D):
-            weights = [weights[0][:, :, _inverse_shuffle(layer), :]]
-        conv = LAYERS.DepthwiseConv2D(
-            layer.kernel_size, strides=layer.strides, padding=layer.padding,
-            use_bias=False, name=name,
-        )
-        return conv(x), [(conv, weights)]
+        return _twin_depthwise(layer, x, folded.get(name))
     if isinstance(layer, keras.layers.Conv2D) and layer.groups == 1:
         conv = LAYERS.Conv2D(
             layer.filters, layer.kernel_size, strides=layer.strides,
@@ -330,13 +247,13 @@ def _twin_layer(layer, x, freeze_batch_norm):
             epsilon=layer.epsilon, momentum=layer.momentum,
             trainable=not freeze_batch_norm, name=name,
         )
+        weights = _twin_order_batch_norm(layer, weights)
         if isinstance(layer, ShufflingBatchNormalization):
-            inverse = _inverse_shuffle(layer)
             y = _shuffle(
                 norm(x), layer.shuffle_groups, layer.shuffle_order,
                 f"{name}_shuffle",
             )
-            return y, [(norm, [w[inverse] for w in weights])]
+            return y, [(norm, weights)]
         return norm(x), [(norm, weights)]
     if isinstance(layer, keras.layers.Dense):
         dense = LAYERS.Dense(
@@ -379,7 +296,10 @@ def _twin_stateless(layer, x):
     )
 
 
-def tf_keras_twin(model, batch_size=None, freeze_batch_norm=False):
+def tf_keras_twin(
+    model, batch_size=None, freeze_batch_norm=False,
+    per_tensor_depthwise=False,
+):
     """Builds the `tf_keras` twin of a channels-last Keras 3 ShuffleNet.
 
     The twin computes the same function with the same weights (logits
@@ -400,6 +320,12 @@ def tf_keras_twin(model, batch_size=None, freeze_batch_norm=False):
         freeze_batch_norm: Make the batch norms non-trainable, so that
             they normalise with their moving statistics when training too
             (see `qat_model`). Defaults to False.
+        per_tensor_depthwise: Fold each depthwise conv's batch norm into
+            it (a kernel times the norm's per-channel scale, and a bias)
+            and quantize that kernel with one scale, for targets that take
+            per-tensor weights. Folded before QAT, the kernel QAT rounds
+            is the deployed one. Needs `freeze_batch_norm`. Defaults to
+            False.
 
     Returns:
         A functional `tf_keras.Model` with the same layer names, holding
@@ -422,6 +348,15 @@ def tf_keras_twin(model, batch_size=None, freeze_batch_norm=False):
             f"Model {model.name!r}: QAT needs one image input of static "
             f"size. Received: input shape {model.input.shape}"
         )
+    folded = {}
+    if per_tensor_depthwise:
+        if not freeze_batch_norm:
+            raise ValueError(
+                "`per_tensor_depthwise` folds batch norms into the depthwise "
+                "convs, which is exact only for frozen ones: pass "
+                "freeze_batch_norm=True."
+            )
+        folded = _depthwise_batch_norms(model)
     tensors = {}
     assigned = []
     for layer in model.layers:
@@ -433,7 +368,9 @@ def tf_keras_twin(model, batch_size=None, freeze_batch_norm=False):
         inputs = keras.tree.map_structure(
             lambda t: tensors[id(t)], layer.input
         )
-        outputs, weights = _twin_layer(layer, inputs, freeze_batch_norm)
+        outputs, weights = _twin_layer(
+            layer, inputs, freeze_batch_norm, folded
+        )
         tensors[id(layer.output)] = outputs
         assigned += weights
     twin = tf_keras.Model(
@@ -460,8 +397,18 @@ def copy_weights_back(twin, model):
     for layer in twin.layers:
         # QAT wraps layers, and the wrapper holds the float variables.
         found[getattr(layer, "layer", layer).name] = layer
+    # Batch norms a `per_tensor_depthwise` twin folded: not in the twin.
+    folded = {
+        conv: norm for conv, norm in _depthwise_batch_norms(model).items()
+        if norm.name not in found
+    }
+    norms = {norm.name for norm in folded.values()}
     for layer in model.layers:
-        if not layer.weights or isinstance(layer, DepthwiseAveragePooling2D):
+        if (
+            not layer.weights
+            or isinstance(layer, DepthwiseAveragePooling2D)
+            or layer.name in norms
+        ):
             continue
         source = found.get(layer.name)
         if source is None:
@@ -469,6 +416,9 @@ def copy_weights_back(twin, model):
                 f"The twin {twin.name!r} has no layer {layer.name!r}; it is "
                 f"not a twin of {model.name!r}."
             )
+        if layer.name in folded:
+            _unfold(source, layer, folded[layer.name])
+            continue
         values = _float_weights(source, layer)
         if isinstance(layer, PermutedDepthwiseConv2D):
             forward = np.argsort(_inverse_shuffle(layer))
@@ -477,6 +427,28 @@ def copy_weights_back(twin, model):
             forward = np.argsort(_inverse_shuffle(layer))
             values = [v[forward] for v in values]
         layer.set_weights(values)
+
+
+def _unfold(source, conv, norm):
+    """Splits a folded depthwise conv back into `conv` and `norm`.
+
+    The norm was frozen, so its scale, mean and variance are `norm`'s own;
+    the kernel is divided by the scale, and the bias goes to the offset.
+    """
+    variables = {
+        v.name.split(":")[0].split("/")[-1]: v.numpy() for v in source.weights
+    }
+    stats = _twin_order_batch_norm(norm, norm.get_weights())
+    scale = _fold_scale(norm, stats)
+    kernel = variables["depthwise_kernel"] / scale[None, None, :, None]
+    stats[1] = variables["bias"] + stats[2] * scale
+    if isinstance(conv, PermutedDepthwiseConv2D):
+        kernel = kernel[:, :, np.argsort(_inverse_shuffle(conv)), :]
+    if isinstance(norm, ShufflingBatchNormalization):
+        forward = np.argsort(_inverse_shuffle(norm))
+        stats = [w[forward] for w in stats]
+    conv.set_weights([kernel])
+    norm.set_weights(stats)
 
 
 def _float_weights(source, layer):

@@ -178,6 +178,10 @@ class ExperimentConfig:
             fine-tunes with quantization-aware training, exporting a
             full-int8 TFLite model (`keras_shufflenet.qat`, the `[qat]`
             extra). Its `model_dir` must be a new one.
+        qat_per_tensor_depthwise: With `qat_from`, quantize each depthwise
+            kernel with one scale (its batch norm folded in first), for
+            targets that take only per-tensor weights there; the other
+            weights stay per channel. Defaults to False.
         model: A `ModelConfig`.
         optimizer: An `OptimizerConfig`.
         train: A `TrainConfig`.
@@ -192,6 +196,7 @@ class ExperimentConfig:
     paper_top1_error: float | None = None
     export: bool = True
     qat_from: str = ""
+    qat_per_tensor_depthwise: bool = False
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = dataclasses.field(
         default_factory=OptimizerConfig
@@ -262,6 +267,11 @@ class ExperimentConfig:
                 raise ValueError(
                     f"`{name}` must be >= 0. Received: {name}={value}"
                 )
+        if self.qat_per_tensor_depthwise and not self.qat_from:
+            raise ValueError(
+                "`qat_per_tensor_depthwise` applies to quantization-aware "
+                "training: set `qat_from` too. Received: qat_from=''"
+            )
         if not self.data.repeat:
             raise ValueError(
                 "`data.repeat` must be True: the training loop counts steps, "

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras
 
 from keras_shufflenet import data
 from keras_shufflenet import lite
@@ -83,6 +84,67 @@ def test_twin_computes_the_model_and_weights_go_back_exactly(kwargs):
     for before, after in zip(model.weights, copy.weights):
         np.testing.assert_array_equal(
             before.numpy(), after.numpy(), err_msg=before.path
+        )
+
+
+def test_per_tensor_depthwise_folds_batch_norm_and_keeps_one_scale():
+    """The folded twin computes the model; unfolded, the weights come
+    back; converted, each depthwise kernel has one scale and the other
+    convolutions one per channel."""
+    model = _model(scale=0.25, groups=3, shallow=True)
+    _randomize_batch_norms(model)
+    images = _images(4)
+    twin = qat.tf_keras_twin(
+        model, freeze_batch_norm=True, per_tensor_depthwise=True
+    )
+    depthwise = [
+        layer for layer in model.layers
+        if isinstance(layer, keras.layers.DepthwiseConv2D)
+    ]
+    norms = [
+        layer for layer in twin.layers
+        if isinstance(layer, tf_keras.layers.BatchNormalization)
+    ]
+    assert len(depthwise) == 8  # One per unit (Table 5's half depth).
+    # Left: the stem's and the two 1x1 convs' of each unit.
+    assert len(norms) == 1 + 2 * 8
+    expected = keras.ops.convert_to_numpy(model(images, training=False))
+    got = twin(images, training=False).numpy()
+    assert np.abs(got - expected).max() / np.abs(expected).max() <= 1e-5
+
+    copy = _model(scale=0.25, groups=3, shallow=True)
+    copy.set_weights(model.get_weights())
+    for layer in copy.layers:
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            layer.set_weights([np.zeros_like(layer.get_weights()[0])])
+    qat.copy_weights_back(twin, copy)
+    for before, after in zip(model.weights, copy.weights):
+        # The kernel times the norm's scale, then divided by it.
+        np.testing.assert_allclose(
+            after.numpy(), before.numpy(), rtol=1e-6, atol=1e-7,
+            err_msg=before.path,
+        )
+
+    quantized = qat.qat_model(twin)
+    qat.pin_input_range(quantized)
+    qat.calibrate_ranges(quantized, twin, images)
+    quantized(images, training=True)
+    tflite = qat.convert_qat(quantized)
+    per_tensor = collections.defaultdict(set)
+    for op, scales in lite.weight_scales(tflite):
+        per_tensor[op].add(scales == 1)
+    assert per_tensor == {
+        "DEPTHWISE_CONV_2D": {True},  # The units' and the shortcut pools'.
+        "CONV_2D": {False},
+        "FULLY_CONNECTED": {True},  # As the converter makes it for PTQ.
+    }
+
+
+def test_per_tensor_depthwise_needs_frozen_batch_norm():
+    with pytest.raises(ValueError, match="freeze_batch_norm=True"):
+        qat.tf_keras_twin(
+            _model(scale=0.25, groups=1, shallow=True),
+            per_tensor_depthwise=True,
         )
 
 
@@ -277,6 +339,13 @@ def test_qat_refuses_a_float_runs_model_dir(tmp_path):
     training.save_config(float_run, tmp_path / training.CONFIG_FILE)
     with pytest.raises(ValueError, match="holds a float training run"):
         qat.QatTrainer(_recipe(tmp_path, tmp_path / "m.keras"))
+
+
+def test_per_tensor_depthwise_without_qat_from_is_refused(tmp_path):
+    config = _recipe(tmp_path, "")
+    config.qat_per_tensor_depthwise = True
+    with pytest.raises(ValueError, match="qat_per_tensor_depthwise.*qat_from"):
+        config.validate()
 
 
 def test_float_trainer_refuses_a_qat_config(tmp_path):
