@@ -87,10 +87,10 @@ def test_twin_computes_the_model_and_weights_go_back_exactly(kwargs):
         )
 
 
-def test_per_tensor_depthwise_folds_batch_norm_and_keeps_one_scale():
+def test_per_tensor_depthwise_twin_folds_batch_norm_and_unfolds_back():
     """The folded twin computes the model; unfolded, the weights come
-    back; converted, each depthwise kernel has one scale and the other
-    convolutions one per channel."""
+    back. (The recipe test below converts one: one scale per depthwise
+    kernel.)"""
     model = _model(scale=0.25, groups=3, shallow=True)
     _randomize_batch_norms(model)
     images = _images(4)
@@ -125,19 +125,6 @@ def test_per_tensor_depthwise_folds_batch_norm_and_keeps_one_scale():
             err_msg=before.path,
         )
 
-    quantized = qat.qat_model(twin)
-    qat.pin_input_range(quantized)
-    qat.calibrate_ranges(quantized, twin, images)
-    quantized(images, training=True)
-    tflite = qat.convert_qat(quantized)
-    per_tensor = collections.defaultdict(set)
-    for op, scales in lite.weight_scales(tflite):
-        per_tensor[op].add(scales == 1)
-    assert per_tensor == {
-        "DEPTHWISE_CONV_2D": {True},  # The units' and the shortcut pools'.
-        "CONV_2D": {False},
-        "FULLY_CONNECTED": {True},  # As the converter makes it for PTQ.
-    }
 
 
 def test_per_tensor_depthwise_needs_frozen_batch_norm():
@@ -356,10 +343,11 @@ def test_float_trainer_refuses_a_qat_config(tmp_path):
 @pytest.mark.long
 def test_qat_recipe_exports_int8_and_resumes_bit_exactly(tmp_path):
     """`QatTrainer`, as `recipes/train.py --qat_from` runs it: the data
-    pipeline, checkpoints, evaluation and the full-int8 export; a run
-    restarted from its step-2 checkpoint, as a kill -9 after that
-    checkpoint leaves it, ends with the uninterrupted run's weights, the
-    activation ranges and the optimizer state included."""
+    pipeline, checkpoints, evaluation and the full-int8 export, here with
+    one scale per depthwise kernel; a run restarted from its step-2
+    checkpoint, as a kill -9 after that checkpoint leaves it, ends with
+    the uninterrupted run's weights, the activation ranges and the
+    optimizer state included."""
     keras.utils.set_random_seed(0)
     float_path = tmp_path / "float.keras"
     ShuffleNet(
@@ -371,6 +359,7 @@ def test_qat_recipe_exports_int8_and_resumes_bit_exactly(tmp_path):
             model_dir=str(model_dir),
             strategy="cpu",
             qat_from=str(float_path),
+            qat_per_tensor_depthwise=True,
             model=training.ModelConfig(
                 scale=0.25, groups=3, shallow=True, fused_training=False
             ),
@@ -393,6 +382,14 @@ def test_qat_recipe_exports_int8_and_resumes_bit_exactly(tmp_path):
     assert interpreter.get_input_details()[0]["dtype"] == np.float32
     ops = collections.Counter(lite.op_list(result.tflite_path))
     assert ops["QUANTIZE"] == 1 and ops["DEQUANTIZE"] == 1
+    per_tensor = collections.defaultdict(set)
+    for op, scales in lite.weight_scales(result.tflite_path):
+        per_tensor[op].add(scales == 1)
+    assert per_tensor == {
+        "DEPTHWISE_CONV_2D": {True},  # The units' and the shortcut pools'.
+        "CONV_2D": {False},
+        "FULLY_CONNECTED": {True},  # As the converter makes it for PTQ.
+    }
     exported = keras.saving.load_model(result.keras_path, safe_mode=True)
     assert exported.name == "shufflenet_0.25x_g3_shallow"
 
