@@ -26,6 +26,7 @@ class QuantizationSetting:
         num_calibration_images: PTQ calibration images (training split).
         qat_epochs: Epochs of quantization-aware fine-tuning.
         qat_lr_factor: QAT's learning rate as a fraction of the recipe's.
+        qat_warmup_epochs: QAT's linear warm-up to that rate.
         per_tensor_depthwise: One weight scale per depthwise kernel, both
             ways: PTQ by the AI Edge Quantizer (the converter can only
             make every kernel per-tensor), QAT with the batch norms folded
@@ -38,6 +39,7 @@ class QuantizationSetting:
     num_calibration_images: int = lite.DEFAULT_NUM_CALIBRATION_IMAGES
     qat_epochs: float = 2.0
     qat_lr_factor: float = 0.1
+    qat_warmup_epochs: float = 0.0
     per_tensor_depthwise: bool = False
 
 
@@ -102,7 +104,7 @@ def compare_quantization(setting, seed, work_dir, verbose=False):
         optimizer=dataclasses.replace(
             config.optimizer,
             lr=config.optimizer.lr * setting.qat_lr_factor,
-            warmup_epochs=0.0,
+            warmup_epochs=setting.qat_warmup_epochs,
         ),
         train=dataclasses.replace(
             config.train, epochs=setting.qat_epochs, bn_recalibration_epochs=0
