@@ -15,9 +15,9 @@ Settings (both on the quickstart recipe, ShuffleNet 0.5x g=3, digits at
         accelerators take no other), per channel elsewhere. PTQ by the AI
         Edge Quantizer, whose recipes name the op; QAT folds each batch
         norm into its depthwise conv first, and trains 4 epochs at the
-        recipe's rate after a 1-epoch warm-up. Here PTQ collapses: with the batch norm folded in,
-        the depthwise channels' ranges differ by orders of magnitude, and
-        one scale rounds the small ones to zero.
+        recipe's rate after a 1-epoch warm-up. Here PTQ collapses: with
+        the batch norm folded in, the depthwise channels' ranges differ by
+        orders of magnitude, and one scale rounds the small ones to zero.
 
 Example:
     python recipes/bench_quantization.py --quick    # ~6 min on 2 cores
