@@ -92,3 +92,16 @@ def mirrored_strategy():
     devices = [d.name for d in tf.config.list_logical_devices("CPU")][:2]
     assert len(devices) == 2
     return tf.distribute.MirroredStrategy(devices)
+
+
+@pytest.fixture
+def restores_op_determinism():
+    """Turns TensorFlow's process-wide op determinism off again after a
+    test whose in-process run turned it on (`train.deterministic`). Left
+    on, Keras would quietly drop `jit_compile=True` in the worker's later
+    tests."""
+    yield
+    # TensorFlow exports no way to turn it off; its own tests use this.
+    from tensorflow.python.framework import config as framework_config
+
+    framework_config.disable_op_determinism()

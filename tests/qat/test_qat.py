@@ -341,7 +341,9 @@ def test_float_trainer_refuses_a_qat_config(tmp_path):
 
 
 @pytest.mark.long
-def test_qat_recipe_exports_int8_and_resumes_bit_exactly(tmp_path):
+def test_qat_recipe_exports_int8_and_resumes_bit_exactly(
+    tmp_path, restores_op_determinism
+):
     """`QatTrainer`, as `recipes/train.py --qat_from` runs it: the data
     pipeline, checkpoints, evaluation and the full-int8 export, here with
     one scale per depthwise kernel; a run restarted from its step-2

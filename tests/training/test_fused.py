@@ -223,6 +223,7 @@ def test_fit_on_training_model_trains_the_model_under_jit_compile():
     trainer = fused.training_model(model)
     trainer.compile(keras.optimizers.SGD(0.01),
                     "sparse_categorical_crossentropy", jit_compile=True)
+    assert trainer.jit_compile is True  # Not Keras' silent fallback.
     history = trainer.fit(images(8), np.arange(8) % 10, batch_size=4,
                           epochs=1, verbose=0)
     assert np.all(np.isfinite(history.history["loss"]))
