@@ -145,6 +145,18 @@ def _twin_order_depthwise(layer, kernel):
     return kernel
 
 
+def _model_order(layer, values):
+    """The inverse of `_twin_order_depthwise` / `_twin_order_batch_norm`:
+    a layer's weights, from the twin's channel order back to its own."""
+    if isinstance(layer, PermutedDepthwiseConv2D):
+        forward = np.argsort(_inverse_shuffle(layer))
+        return [values[0][:, :, forward, :]]
+    if isinstance(layer, ShufflingBatchNormalization):
+        forward = np.argsort(_inverse_shuffle(layer))
+        return [v[forward] for v in values]
+    return values
+
+
 def _twin_order_batch_norm(layer, weights):
     """A batch norm's weights in the twin's channel order (the twin
     shuffles after it)."""
@@ -188,6 +200,33 @@ def _twin_depthwise(layer, x, norm=None):
     return annotated(x), [(conv, weights)]
 
 
+def _twin_batch_norm(layer, x, freeze_batch_norm, folded_in):
+    """A batch norm's twin, then its shuffle if it shuffles; nothing but
+    the shuffle where its depthwise conv has it folded in."""
+    name = layer.name
+    if layer.axis not in (-1, 3) or not (layer.center and layer.scale):
+        raise UnsupportedLayerError(
+            f"Layer {name!r}: the twin takes channels-last batch norms "
+            "with a scale and an offset."
+        )
+    y, assigned = x, []
+    if not folded_in:
+        # tf_keras runs a non-trainable BN in inference mode, training too.
+        norm = LAYERS.BatchNormalization(
+            epsilon=layer.epsilon, momentum=layer.momentum,
+            trainable=not freeze_batch_norm, name=name,
+        )
+        y = norm(x)
+        assigned = [
+            (norm, _twin_order_batch_norm(layer, layer.get_weights()))
+        ]
+    if isinstance(layer, ShufflingBatchNormalization):
+        y = _shuffle(
+            y, layer.shuffle_groups, layer.shuffle_order, f"{name}_shuffle"
+        )
+    return y, assigned
+
+
 def _twin_layer(layer, x, freeze_batch_norm, folded=None):
     """`(outputs, [(tf_keras layer, weights)])` for one Keras 3 layer.
 
@@ -198,15 +237,6 @@ def _twin_layer(layer, x, freeze_batch_norm, folded=None):
     folded = folded or {}
     name = layer.name
     weights = layer.get_weights()
-    if isinstance(layer, keras.layers.BatchNormalization) and any(
-        norm is layer for norm in folded.values()
-    ):
-        if isinstance(layer, ShufflingBatchNormalization):
-            return _shuffle(
-                x, layer.shuffle_groups, layer.shuffle_order,
-                f"{name}_shuffle",
-            ), []
-        return x, []
     if isinstance(layer, DeferredChannelShuffle):
         return x, []  # Shuffled after the depthwise conv's BN.
     if isinstance(layer, ChannelShuffle):
@@ -237,24 +267,8 @@ def _twin_layer(layer, x, freeze_batch_norm, folded=None):
         )
         return conv(x), [(conv, weights)]
     if isinstance(layer, keras.layers.BatchNormalization):
-        if layer.axis not in (-1, 3) or not (layer.center and layer.scale):
-            raise UnsupportedLayerError(
-                f"Layer {name!r}: the twin takes channels-last batch norms "
-                "with a scale and an offset."
-            )
-        # tf_keras runs a non-trainable BN in inference mode, training too.
-        norm = LAYERS.BatchNormalization(
-            epsilon=layer.epsilon, momentum=layer.momentum,
-            trainable=not freeze_batch_norm, name=name,
-        )
-        weights = _twin_order_batch_norm(layer, weights)
-        if isinstance(layer, ShufflingBatchNormalization):
-            y = _shuffle(
-                norm(x), layer.shuffle_groups, layer.shuffle_order,
-                f"{name}_shuffle",
-            )
-            return y, [(norm, weights)]
-        return norm(x), [(norm, weights)]
+        folded_in = any(norm is layer for norm in folded.values())
+        return _twin_batch_norm(layer, x, freeze_batch_norm, folded_in)
     if isinstance(layer, keras.layers.Dense):
         dense = LAYERS.Dense(
             layer.units, use_bias=layer.use_bias,
@@ -419,14 +433,7 @@ def copy_weights_back(twin, model):
         if layer.name in folded:
             _unfold(source, layer, folded[layer.name])
             continue
-        values = _float_weights(source, layer)
-        if isinstance(layer, PermutedDepthwiseConv2D):
-            forward = np.argsort(_inverse_shuffle(layer))
-            values = [values[0][:, :, forward, :]]
-        elif isinstance(layer, ShufflingBatchNormalization):
-            forward = np.argsort(_inverse_shuffle(layer))
-            values = [v[forward] for v in values]
-        layer.set_weights(values)
+        layer.set_weights(_model_order(layer, _float_weights(source, layer)))
 
 
 def _unfold(source, conv, norm):
@@ -435,27 +442,23 @@ def _unfold(source, conv, norm):
     The norm was frozen, so its scale, mean and variance are `norm`'s own;
     the kernel is divided by the scale, and the bias goes to the offset.
     """
-    variables = {
-        v.name.split(":")[0].split("/")[-1]: v.numpy() for v in source.weights
-    }
+    variables = _variables_by_name(source)
     stats = _twin_order_batch_norm(norm, norm.get_weights())
     scale = _fold_scale(norm, stats)
-    kernel = variables["depthwise_kernel"] / scale[None, None, :, None]
-    stats[1] = variables["bias"] + stats[2] * scale
-    if isinstance(conv, PermutedDepthwiseConv2D):
-        kernel = kernel[:, :, np.argsort(_inverse_shuffle(conv)), :]
-    if isinstance(norm, ShufflingBatchNormalization):
-        forward = np.argsort(_inverse_shuffle(norm))
-        stats = [w[forward] for w in stats]
-    conv.set_weights([kernel])
-    norm.set_weights(stats)
+    kernel = variables["depthwise_kernel"].numpy() / scale[None, None, :, None]
+    stats[1] = variables["bias"].numpy() + stats[2] * scale
+    conv.set_weights(_model_order(conv, [kernel]))
+    norm.set_weights(_model_order(norm, stats))
+
+
+def _variables_by_name(source):
+    """A twin layer's variables by their last name part."""
+    return {v.name.split(":")[0].split("/")[-1]: v for v in source.weights}
 
 
 def _float_weights(source, layer):
     """The float values of `source`'s variables named as `layer`'s."""
-    by_name = {
-        v.name.split(":")[0].split("/")[-1]: v for v in source.weights
-    }
+    by_name = _variables_by_name(source)
     names = [v.path.split("/")[-1] for v in layer.weights]
     # tf_keras names a depthwise kernel "depthwise_kernel", Keras 3 "kernel".
     if isinstance(layer, keras.layers.DepthwiseConv2D):
