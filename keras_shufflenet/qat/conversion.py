@@ -13,6 +13,7 @@ from keras_shufflenet.lite import op_list
 from keras_shufflenet.qat.layers import CUSTOM_OBJECTS
 from keras_shufflenet.qat.layers import QUANTIZE
 from keras_shufflenet.qat.twin import tf_keras_twin
+from keras_shufflenet.qat.twin import without_autograph
 from keras_shufflenet.utils.checks import check_choice
 from keras_shufflenet.utils.files import write_atomic
 
@@ -27,6 +28,7 @@ def quantize_scope():
     return QUANTIZE.quantize_scope(CUSTOM_OBJECTS)
 
 
+@without_autograph
 def qat_model(
     model_or_twin, freeze_batch_norm=True, per_tensor_depthwise=False
 ):
