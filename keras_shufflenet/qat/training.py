@@ -29,16 +29,17 @@ class QatTrainer(Trainer):
     """Fine-tunes a trained float ShuffleNet with quantization-aware training.
 
     It runs on one device, in float32. The model is `qat_model` of the
-    `config.model` ShuffleNet holding the
-    weights of `config.qat_from`, its activation ranges calibrated on 300
-    training images (`calibrate_ranges`); everything else is `Trainer`'s: the
-    recipe's SGD on its schedule (set a small `optimizer.lr` and a few
-    `train.epochs`), the input pipeline, evaluation every epoch (of the
-    fake-quantized model), atomic checkpoints and resume. The float
-    model's BN statistics carry over; the QAT model keeps updating them,
-    so there is no BN re-estimation at the end. The export is the
-    full-int8 TFLite model (`convert_qat`) and the fine-tuned float
-    weights as a Keras 3 `.keras`.
+    `config.model` ShuffleNet holding the weights of `config.qat_from`,
+    its activation ranges calibrated on 300 training images
+    (`calibrate_ranges`) when a run starts fresh (a resumed run restores
+    them). Batch norm stays frozen at the float model's statistics, so
+    there is no BN re-estimation at the end. Everything else is
+    `Trainer`'s: the recipe's SGD on its schedule (set a small
+    `optimizer.lr` and a few `train.epochs`), the input pipeline,
+    evaluation every epoch (of the fake-quantized model), atomic
+    checkpoints and resume. The export is the full-int8 TFLite model
+    (`convert_qat`) and the fine-tuned float weights as a Keras 3
+    `.keras`.
 
     Reference:
         Jacob et al., "Quantization and Training of Neural Networks for
@@ -96,11 +97,19 @@ class QatTrainer(Trainer):
             )
             model = qat_model(twin)
             pin_input_range(model)
-            calibrate_ranges(
-                model, twin, calibration_images(config.data), self.global_batch
-            )
             optimizer = self._optimizer(trainable_variables(model))
+        self._twin = twin
         return model, model, optimizer
+
+    def restore(self):
+        restored = super().restore()
+        if restored is None:
+            # A resumed run takes its ranges from the checkpoint.
+            calibrate_ranges(
+                self.model, self._twin, calibration_images(self.config.data),
+                self.global_batch,
+            )
+        return restored
 
     def trainable_variables(self):
         return trainable_variables(self.model)

@@ -342,7 +342,7 @@ def test_float_trainer_refuses_a_qat_config(tmp_path):
 
 @pytest.mark.long
 def test_qat_recipe_exports_int8_and_resumes_bit_exactly(
-    tmp_path, restores_op_determinism
+    tmp_path, monkeypatch, restores_op_determinism
 ):
     """`QatTrainer`, as `recipes/train.py --qat_from` runs it: the data
     pipeline, checkpoints, evaluation and the full-int8 export, here with
@@ -410,7 +410,13 @@ def test_qat_recipe_exports_int8_and_resumes_bit_exactly(
     resumed = qat.QatTrainer(config, verbose=False)
     lines = []
     resumed.log.say = lines.append
+    # The ranges come from the checkpoint: no calibration pass.
+    calibrated = []
+    monkeypatch.setattr(
+        qat.training, "calibrate_ranges", lambda *a: calibrated.append(a)
+    )
     assert resumed.fit().step == 4
+    assert not calibrated
     assert any("at step 2 of 4" in line for line in lines), lines
     names = [v.name for v in whole.model.weights]
     assert any(n.endswith("output_max:0") for n in names)
