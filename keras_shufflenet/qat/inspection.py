@@ -7,7 +7,7 @@ import tensorflow as tf
 from keras_shufflenet.lite import make_interpreter
 
 
-def layer_steps(model, tflite, images):
+def layer_steps(model, tflite, images, isolated=False):
     """How far each layer of a converted QAT model is from the QAT model.
 
     Fake quantization computes a layer in float on quantized inputs and
@@ -19,6 +19,12 @@ def layer_steps(model, tflite, images):
     the converter quantized with a range QAT did not learn, or computes
     differently, stands out as a jump.
 
+    With `isolated`, each layer gets the TFLite model's own values of its
+    inputs (of the nearest layers before it whose outputs the TFLite model
+    holds) instead of the QAT model's, so each difference is that layer's
+    alone: at most one step where the integer kernel computes what QAT
+    simulates, whatever came before.
+
     Reference:
         Jacob et al., "Quantization and Training of Neural Networks for
         Efficient Integer-Arithmetic-Only Inference", section 2.2 (integer
@@ -28,6 +34,8 @@ def layer_steps(model, tflite, images):
         model: A `qat_model`.
         tflite: Its conversion (`convert_qat`), `.tflite` bytes or path.
         images: Images `[n, height, width, 3]` as the model takes them.
+        isolated: Compare each layer on the TFLite model's inputs to it.
+            Defaults to False (the QAT model's, through the whole network).
 
     Returns:
         A dict, in graph order, from the name of each layer whose output
@@ -38,10 +46,6 @@ def layer_steps(model, tflite, images):
         tflite, delegate=False, preserve_all_tensors=True
     )
     (source,) = interpreter.get_input_details()
-    names = {
-        layer.name: getattr(layer, "layer", layer).name
-        for layer in model.layers[1:]
-    }
     shapes = {
         layer.name: tuple(layer.output.shape[1:])
         for layer in model.layers[1:]
@@ -60,21 +64,68 @@ def layer_steps(model, tflite, images):
                 found[scope] = tensor
                 break
     wrappers = [layer for layer in model.layers[1:] if layer.name in found]
-    probe = type(model)(model.input, [layer.output for layer in wrappers])
-    # One batched pass for the Keras side; the TFLite model takes batch 1.
-    expected = [
-        np.asarray(v) for v in tf.nest.flatten(probe(images, training=False))
-    ]
-    steps = {names[layer.name]: 0.0 for layer in wrappers}
-    for i, image in enumerate(images):
+    held = {}  # The TFLite model's values, dequantized, by layer name.
+    for image in images:
         interpreter.set_tensor(source["index"], image[None])
         interpreter.invoke()
-        for layer, values in zip(wrappers, expected):
+        for layer in wrappers:
             tensor = found[layer.name]
             scale, zero_point = tensor["quantization"]
-            got = interpreter.get_tensor(tensor["index"])[0].astype("float32")
-            difference = np.abs((got - zero_point) * scale - values[i])
-            steps[names[layer.name]] = max(
-                steps[names[layer.name]], float(difference.max() / scale)
+            value = interpreter.get_tensor(tensor["index"])[0]
+            held.setdefault(layer.name, []).append(
+                (value.astype("float32") - zero_point) * scale
             )
+    held = {name: np.stack(values) for name, values in held.items()}
+    if isolated:
+        expected = _isolated_outputs(model, wrappers, held, images)
+    else:
+        # One batched pass; the TFLite model takes batch 1.
+        probe = type(model)(model.input, [layer.output for layer in wrappers])
+        expected = [
+            np.asarray(v)
+            for v in tf.nest.flatten(probe(images, training=False))
+        ]
+    steps = {}
+    for layer, values in zip(wrappers, expected):
+        scale = found[layer.name]["quantization"][0]
+        difference = np.abs(held[layer.name] - values)
+        steps[getattr(layer, "layer", layer).name] = float(
+            difference.max() / scale
+        )
     return steps
+
+
+def _isolated_outputs(model, wrappers, held, images):
+    """Each of `wrappers`' outputs, computed from the `held` values of its
+    nearest held predecessors (the images for the model's input)."""
+    producers = {
+        id(tensor): layer
+        for layer in model.layers
+        for tensor in tf.nest.flatten(layer.output)
+    }
+    # Predecessors are found through the layers the TFLite model fuses
+    # away (a convolution before its batch norm and ReLU).
+    sources = {}
+
+    def nearest_held(layer):
+        if layer.name not in sources:
+            found = []
+            for tensor in tf.nest.flatten(layer.input):
+                producer = producers[id(tensor)]
+                if producer.name in held or producer is model.layers[0]:
+                    candidates = [producer]
+                else:
+                    candidates = nearest_held(producer)
+                found += [p for p in candidates if p not in found]
+            sources[layer.name] = found
+        return sources[layer.name]
+
+    outputs = []
+    for layer in wrappers:
+        inputs = nearest_held(layer)
+        probe = type(model)([p.output for p in inputs], layer.output)
+        feed = [
+            held[p.name] if p.name in held else images for p in inputs
+        ]
+        outputs.append(np.asarray(probe(feed, training=False)))
+    return outputs

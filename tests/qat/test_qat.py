@@ -312,6 +312,35 @@ def test_layer_steps_show_rounding_that_adds_up_over_the_units(trained):
     assert steps[units[-1]] > steps[units[0]], steps
 
 
+@on_trained_model
+def test_each_layer_on_the_tflite_models_own_inputs_is_one_step_off(trained):
+    """Fed the TFLite model's own values of its inputs, every layer of the
+    QAT model gives the TFLite model's output to one step: the integer
+    kernels compute what QAT simulates, and the logits' larger differences
+    are single-step roundings carried through the units. A range the
+    converter did not take from QAT shows as a jump."""
+    _, quantized, _, _, _, _, tflite = trained
+    images, _ = _labelled(4, seed=1)
+    steps = qat.layer_steps(quantized, tflite, images, isolated=True)
+    # The same layers as through the whole network: every unit's.
+    assert list(steps) == list(qat.layer_steps(quantized, tflite, images))
+    for name, value in steps.items():
+        # One step, up to float32 rounding of (q - zero point) * scale.
+        assert value <= 1.0 + 1e-4, (name, value)
+    (high,) = [
+        v for v in quantized.get_layer("quant_stage3_unit2_gconv1_relu").weights
+        if v.name.endswith("output_max:0")
+    ]
+    learned = high.numpy()
+    high.assign(learned * 0.5)  # Clips the top half of its range.
+    try:
+        moved = qat.layer_steps(quantized, tflite, images, isolated=True)
+    finally:
+        high.assign(learned)
+    assert moved["stage3_unit2_gconv1_relu"] > 2, moved
+    assert moved["stage3_unit2_dwconv_bn"] <= 1.0 + 1e-4
+
+
 def _recipe(model_dir, qat_from):
     return training.ExperimentConfig(
         model_dir=str(model_dir),
