@@ -103,10 +103,12 @@ class QatTrainer(Trainer):
 
     def restore(self):
         restored = super().restore()
+        # Kept only to calibrate: a second copy of the weights otherwise.
+        twin, self._twin = self._twin, None
         if restored is None:
             # A resumed run takes its ranges from the checkpoint.
             calibrate_ranges(
-                self.model, self._twin, calibration_images(self.config.data),
+                self.model, twin, calibration_images(self.config.data),
                 self.global_batch,
             )
         return restored
