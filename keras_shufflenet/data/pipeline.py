@@ -392,17 +392,21 @@ class InputPipeline:
         if training:
             return ds.batch(batch_size, drop_remainder=True)
         size = self.config.image_size
-        ds = ds.map(lambda x, y, position: (x, y, tf.constant(1.0)))
         padding = tf.data.Dataset.from_tensors(
             (
                 tf.zeros([size, size, 3], tf.uint8),
                 tf.constant(0, tf.int32),
-                tf.constant(0.0),
+                tf.constant([-1, -1], tf.int64),
             )
         ).repeat(batch_size - 1)
         # Real examples then up to batch_size - 1 padding rows; the
         # remainder dropped is padding only, never a real example.
-        return ds.concatenate(padding).batch(batch_size, drop_remainder=True)
+        ds = ds.concatenate(padding).batch(batch_size, drop_remainder=True)
+        # Weights from positions once a batch, not in a map per example:
+        # real rows are at (0, index), padding at (-1, -1).
+        return ds.map(
+            lambda x, y, p: (x, y, tf.cast(p[:, 0] >= 0, tf.float32))
+        )
 
     def dataset_fn(self, training, global_batch_size):
         """Returns a dataset function for distribution strategies.
