@@ -325,12 +325,12 @@ class InputPipeline:
         if isinstance(source, DigitsSource):
             if not training:
                 return ds.map(_unpack)
-
-            def augment(numbered, epoch):
-                x, y, p = _unpack(numbered, epoch)
-                return digits_train_augment(x, size, seeds.example(p)), y, p
-
-            return ds.map(augment, num_parallel_calls=AUTOTUNE)
+            return ds.map(
+                _parsing(
+                    lambda x, p: digits_train_augment(x, size, seeds.example(p))
+                ),
+                num_parallel_calls=AUTOTUNE,
+            )
         if training:
             area_range = config.area_range
             ratio_range = tuple(config.aspect_ratio_range)
@@ -376,13 +376,8 @@ class InputPipeline:
             return _map_skipping_bad(
                 ds, parse, names, self._bad, training or config.deterministic
             )
-
-        def parse_numbered(numbered, epoch):
-            x, y, p = _unpack(numbered, epoch)
-            return parse(x, p), y, p
-
         return ds.map(
-            parse_numbered,
+            _parsing(parse),
             num_parallel_calls=AUTOTUNE,
             deterministic=training or config.deterministic,
         )
@@ -446,6 +441,17 @@ def _unpack(numbered, epoch):
     `position` is `(epoch, index)` on the last axis."""
     index, (record, label) = numbered
     return record, label, tf.stack([epoch, index], axis=-1)
+
+
+def _parsing(parse):
+    """Maps a `_numbered` element to `(parse(record, position), label,
+    position)`."""
+
+    def fn(numbered, epoch):
+        record, label, position = _unpack(numbered, epoch)
+        return parse(record, position), label, position
+
+    return fn
 
 
 class _Seeds:
