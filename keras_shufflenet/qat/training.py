@@ -105,8 +105,9 @@ class QatTrainer(Trainer):
         restored = super().restore()
         # Kept only to calibrate: a second copy of the weights otherwise.
         twin, self._twin = self._twin, None
+        # A fresh run calibrates; a resumed one has its ranges from the
+        # checkpoint.
         if restored is None:
-            # A resumed run takes its ranges from the checkpoint.
             calibrate_ranges(
                 self.model, twin, calibration_images(self.config.data),
                 self.global_batch,
