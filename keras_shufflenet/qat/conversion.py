@@ -10,6 +10,7 @@ import tensorflow as tf
 from keras_shufflenet.lite import check_builtin_ops
 from keras_shufflenet.lite import make_interpreter
 from keras_shufflenet.lite import op_list
+from keras_shufflenet.qat.graph import range_variables
 from keras_shufflenet.qat.layers import CUSTOM_OBJECTS
 from keras_shufflenet.qat.layers import QUANTIZE
 from keras_shufflenet.qat.twin import tf_keras_twin
@@ -122,15 +123,11 @@ def calibrate_ranges(model, twin, images, batch_size=32):
             (eval-style, e.g. `lite.calibration_images`).
         batch_size: Images per forward pass. Defaults to 32.
     """
-    ranges = {}
-    for wrapper in model.layers:
-        found = [
-            v for v in wrapper.weights
-            if v.name.endswith(("output_min:0", "output_max:0",
-                                "activation_min:0", "activation_max:0"))
-        ]
-        if found:
-            ranges[wrapper.layer.name] = found
+    ranges = {
+        wrapper.layer.name: range_variables(wrapper)
+        for wrapper in model.layers
+        if hasattr(wrapper, "layer") and range_variables(wrapper)
+    }
     names = [n for n in ranges if n in {layer.name for layer in twin.layers}]
     probe = type(twin)(
         twin.input, [twin.get_layer(n).output for n in names]
@@ -196,9 +193,7 @@ def pin_input_range(model, value_range=PIXEL_RANGE):
         layer for layer in model.layers
         if type(layer).__name__ == "QuantizeLayer"
     ]
-    low, high = (
-        v for v in layer.weights if v.name.endswith(("min:0", "max:0"))
-    )
+    low, high = range_variables(layer)
     low.assign(value_range[0])
     high.assign(value_range[1])
 

@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_shufflenet.lite import make_interpreter
+from keras_shufflenet.qat.graph import producers
 
 
 def layer_steps(model, tflite, images, isolated=False):
@@ -98,11 +99,7 @@ def layer_steps(model, tflite, images, isolated=False):
 def _isolated_outputs(model, wrappers, held, images):
     """Each of `wrappers`' outputs, computed from the `held` values of its
     nearest held predecessors (the images for the model's input)."""
-    producers = {
-        id(tensor): layer
-        for layer in model.layers
-        for tensor in tf.nest.flatten(layer.output)
-    }
+    feeds = producers(model)
     # Predecessors are found through the layers the TFLite model fuses
     # away (a convolution before its batch norm and ReLU).
     sources = {}
@@ -111,7 +108,7 @@ def _isolated_outputs(model, wrappers, held, images):
         if layer.name not in sources:
             found = []
             for tensor in tf.nest.flatten(layer.input):
-                producer = producers[id(tensor)]
+                producer = feeds[id(tensor)]
                 if producer.name in held or producer is model.layers[0]:
                     candidates = [producer]
                 else:
