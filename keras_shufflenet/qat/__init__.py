@@ -5,6 +5,7 @@ training recipe, and conversion to a full-int8 TFLite model. Needs the
 `models`, `training` and `lite`.
 """
 
+from keras_shufflenet.qat.biases import snap_biases
 from keras_shufflenet.qat.conversion import PIXEL_RANGE
 from keras_shufflenet.qat.conversion import QAT_INPUT_TYPES
 from keras_shufflenet.qat.conversion import QAT_OUTPUT_TYPES

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from keras_shufflenet.lite import calibration_images
 from keras_shufflenet.models import load_weights
+from keras_shufflenet.qat.biases import snap_biases
 from keras_shufflenet.qat.conversion import calibrate_ranges
 from keras_shufflenet.qat.conversion import convert_qat
 from keras_shufflenet.qat.conversion import pin_input_range
@@ -38,7 +39,8 @@ class QatTrainer(Trainer):
     `optimizer.lr` and a few `train.epochs`), the input pipeline,
     evaluation every epoch (of the fake-quantized model), atomic
     checkpoints and resume. The export is the full-int8 TFLite model
-    (`convert_qat`) and the fine-tuned float weights as a Keras 3
+    (`convert_qat`, the biases snapped to its int32 grid first:
+    `snap_biases`) and the fine-tuned float weights as a Keras 3
     `.keras`.
 
     Reference:
@@ -148,6 +150,8 @@ class QatTrainer(Trainer):
         tf.io.gfile.makedirs(export_dir)
         name = self.float_model.name
         tflite_path = os.path.join(export_dir, f"{name}_qat_int8.tflite")
+        # The Keras model then adds the biases the int8 model adds.
+        snap_biases(self.model)
         convert_qat(self.model, tflite_path)
         copy_weights_back(self.model, self.float_model)
         model = export_model(
