@@ -287,14 +287,15 @@ def test_tflite_agrees_with_the_qat_keras_model(trained):
     # simulation differ only where a float32 sum lies within rounding of a
     # step boundary, about one value in 10^5 in the first units; those
     # single steps spread over the units (tflite/README.md, "PTQ or QAT").
-    # Measured here: median 0 steps, 99th percentile 0-2, largest 2-3;
-    # unsnapped, 1, 4-5 and 7.
+    # Measured on this model, seeds 0-2, oneDNN off and on: 95-99% of the
+    # logits equal, 99.5-100% within two steps, the largest 1-6 steps off;
+    # unsnapped the median is 1-2 steps and the 99th percentile 4-6. A
+    # range QAT did not learn puts a layer tens of steps off.
     steps = np.abs(outputs - expected) / scale
-    rounding = 1e-4  # float32 rounding of (q - zero point) * scale.
-    summary = np.percentile(steps, [50, 99, 100])
-    assert summary[0] <= rounding, summary
-    assert summary[1] <= 2 + rounding, summary
-    assert summary[2] <= 4 + rounding, summary
+    summary = np.percentile(steps, [50, 90, 99, 100])
+    assert np.mean(steps < 0.5) >= 0.9, summary
+    assert np.mean(steps < 2.5) >= 0.99, summary
+    assert steps.max() < 8.5, summary
 
 
 @on_trained_model
