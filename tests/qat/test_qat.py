@@ -304,30 +304,48 @@ def test_snapped_biases_are_the_int8_models_int32_biases(trained):
     stores it on (input scale times weight scale, per channel), so the
     QAT model adds what the integer kernels add."""
     _, quantized, _, _, _, _, tflite = trained
+    biases = _int32_biases(tflite)
+    assert len(biases) == 1 + 3 * 8  # The stem's conv, three per unit.
+    _check_on_grid(quantized, biases)
+    # Snapped biases stay where they are.
+    assert qat.snap_biases(quantized) < 1e-3
+
+
+def _int32_biases(tflite):
+    """`{layer: (int32 bias, its scales)}` of a QAT model's conversion,
+    by the QAT layer the bias comes from (a batch norm or a conv)."""
     interpreter = lite.make_interpreter(tflite, delegate=False)
     tensors = interpreter.get_tensor_details()
-    checked = 0
+    biases = {}
     for op in interpreter._get_ops_details():
         if op["op_name"] not in ("CONV_2D", "DEPTHWISE_CONV_2D"):
             continue
         bias = tensors[op["inputs"][2]]
-        found = re.search(r"quant_(\w+_bn)/FusedBatchNormV3", bias["name"])
+        found = re.search(
+            r"quant_(\w+?)/(FusedBatchNormV3|BiasAdd)", bias["name"]
+        )
         if found is None:
-            continue  # The average-pooled shortcut's: zero, no batch norm.
-        norm = quantized.get_layer(f"quant_{found.group(1)}").layer
-        gamma, beta, mean, variance = (
-            v.numpy().astype("float64") for v in norm.weights[:4]
+            continue  # The average-pooled shortcut's: zero.
+        biases[found.group(1)] = (
+            interpreter.get_tensor(bias["index"]),
+            bias["quantization_parameters"]["scales"],
         )
-        folded = beta - mean * gamma / np.sqrt(variance + norm.epsilon)
-        grid = bias["quantization_parameters"]["scales"]
-        integers = interpreter.get_tensor(bias["index"])
+    return biases
+
+
+def _check_on_grid(quantized, biases):
+    for name, (integers, grid) in biases.items():
+        layer = quantized.get_layer(f"quant_{name}").layer
+        if isinstance(layer, tf_keras.layers.BatchNormalization):
+            gamma, beta, mean, variance = (
+                v.numpy().astype("float64") for v in layer.weights[:4]
+            )
+            bias = beta - mean * gamma / np.sqrt(variance + layer.epsilon)
+        else:
+            bias = layer.bias.numpy().astype("float64")
         np.testing.assert_allclose(
-            folded / grid, integers, atol=1e-3, err_msg=norm.name
+            bias / grid, integers, atol=1e-3, err_msg=name
         )
-        checked += 1
-    assert checked == 1 + 3 * 8  # The stem's conv, three per unit.
-    # Snapped biases stay where they are.
-    assert qat.snap_biases(quantized) < 1e-3
 
 
 @on_trained_model
@@ -464,6 +482,10 @@ def test_qat_recipe_exports_int8_and_resumes_bit_exactly(
     }
     exported = keras.saving.load_model(result.keras_path, safe_mode=True)
     assert exported.name == "shufflenet_0.25x_g3_shallow"
+    # The export snapped the biases, the depthwise convs' own ones too.
+    biases = _int32_biases(result.tflite_path)
+    assert sum(name.endswith("_dwconv") for name in biases) == 8
+    _check_on_grid(whole.model, biases)
 
     # What a kill -9 right after the step-2 checkpoint leaves behind.
     restarted = tmp_path / "restarted"
