@@ -28,6 +28,7 @@ from keras_shufflenet.lite.evaluation import compare_outputs
 from keras_shufflenet.lite.evaluation import evaluate_tflite
 from keras_shufflenet.lite.evaluation import format_conversion_table
 from keras_shufflenet.lite.evaluation import format_evaluation
+from keras_shufflenet.lite.evaluation import output_step
 from keras_shufflenet.lite.evaluation import outputs_softmax
 from keras_shufflenet.lite.evaluation import plot_conversions
 from keras_shufflenet.lite.evaluation import write_report

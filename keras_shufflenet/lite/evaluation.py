@@ -114,32 +114,64 @@ def outputs_softmax(tflite):
     Returns:
         True when the output holds probabilities, False for logits.
     """
+    return _output_chain(tflite)[1] == "SOFTMAX"
+
+
+def output_step(tflite):
+    """The quantization step of a model's output.
+
+    The scale of the output tensor when it is quantized, or of the
+    quantized tensor a final DEQUANTIZE (RESHAPE, QUANTIZE) reads.
+
+    Args:
+        tflite: `.tflite` bytes or path.
+
+    Returns:
+        The step as a float, or None for a float output.
+    """
+    for quantization in _output_chain(tflite)[0]:
+        if quantization is not None and quantization.scale is not None:
+            if len(quantization.scale) == 1:
+                return float(quantization.scale[0])
+    return None
+
+
+def _output_chain(tflite):
+    """`(quantization of each tensor from the output back through
+    PASS_THROUGH_OPS, name of the op that computes it)`."""
     model = read_flatbuffer(model_bytes(tflite))
     subgraph = model.subgraphs[0]
     producer = {t: op for op in subgraph.operators for t in op.outputs}
     tensor = subgraph.outputs[0]
+    chain = [subgraph.tensors[tensor].quantization]
     while tensor in producer:
         op = producer[tensor]
         name = op_name(model, op.opcodeIndex)
         if name not in PASS_THROUGH_OPS:
-            return name == "SOFTMAX"
+            return chain, name
         tensor = op.inputs[0]
-    return False
+        chain.append(subgraph.tensors[tensor].quantization)
+    return chain, None
 
 
-def compare_outputs(reference, outputs, labels=None):
+def compare_outputs(reference, outputs, labels=None, step=None):
     """Compares TFLite outputs with Keras outputs of the same images.
 
     Args:
         reference: Keras outputs `[n, classes]`.
         outputs: TFLite outputs `[n, classes]`.
         labels: Optional int labels `[n]` for top-1 accuracy.
+        step: Optional quantization step of the TFLite output
+            (`output_step`), to count differences in steps: for a model
+            whose Keras twin simulates its quantization (QAT).
 
     Returns:
         A dict: `num_examples`, `top1_agreement` (fraction with the same
         argmax), `max_abs_diff`, `max_rel_diff` (max|a - b| / max|a| over
-        all examples, a = Keras), and with labels `keras_top1` and
-        `tflite_top1` accuracies.
+        all examples, a = Keras); with labels `keras_top1` and
+        `tflite_top1` accuracies; with `step`, `steps_equal` and
+        `steps_within_two` (the fractions of values that differ by less
+        than half a step, and by at most two) and `max_steps`.
     """
     reference = np.asarray(reference, np.float32)
     outputs = np.asarray(outputs, np.float32)
@@ -161,6 +193,11 @@ def compare_outputs(reference, outputs, labels=None):
         labels = np.asarray(labels)
         result["keras_top1"] = float(np.mean(reference.argmax(-1) == labels))
         result["tflite_top1"] = float(np.mean(outputs.argmax(-1) == labels))
+    if step is not None:
+        steps = np.abs(reference - outputs) / step
+        result["steps_equal"] = float(np.mean(steps < 0.5))
+        result["steps_within_two"] = float(np.mean(steps < 2.5))
+        result["max_steps"] = float(np.round(steps.max()))
     return result
 
 
@@ -195,7 +232,8 @@ def evaluate_tflite(
 
     Returns:
         A dict with `tflite_top1` and `num_examples`, plus
-        `compare_outputs`' fields when `keras_model` is given.
+        `compare_outputs`' fields when `keras_model` is given (with the
+        differences in output steps for a quantized output).
     """
     runner = TFLiteModel(tflite, num_threads=num_threads)
     reference_model = None
@@ -225,7 +263,9 @@ def evaluate_tflite(
             "num_examples": done,
             "tflite_top1": float(np.mean(outputs.argmax(-1) == labels)),
         }
-    return compare_outputs(np.concatenate(keras_out), outputs, labels)
+    return compare_outputs(
+        np.concatenate(keras_out), outputs, labels, output_step(tflite)
+    )
 
 
 # Named conversions compared by `compare_conversions`: the modes and the

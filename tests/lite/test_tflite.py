@@ -231,6 +231,29 @@ def test_uint8_input_takes_camera_frames_and_matches_int8(converted, images):
     )
 
 
+def test_output_step_is_the_scale_the_output_is_quantized_with(converted):
+    # An int8 output's own scale; through the DEQUANTIZE of a float
+    # output, the scale of the int8 logits it reads (the same ranges).
+    step = lite.output_step(converted["int8_uint8_in"])
+    report = lite.model_report(converted["int8_uint8_in"])
+    assert step == pytest.approx(report["outputs"][0]["scale"])
+    assert lite.output_step(converted["int8"]) == pytest.approx(step)
+    assert lite.output_step(converted["float32"]) is None
+
+
+def test_compare_outputs_counts_differences_in_output_steps():
+    reference = np.zeros((2, 4), np.float32)
+    # In steps of 0.1: 0, 1, 2, 3 and 0.4, 0, 5, 0.
+    outputs = np.array(
+        [[0.0, 0.1, -0.2, 0.3], [0.04, 0.0, 0.5, 0.0]], np.float32
+    )
+    result = lite.compare_outputs(reference, outputs, step=0.1)
+    assert result["steps_equal"] == 4 / 8
+    assert result["steps_within_two"] == 6 / 8
+    assert result["max_steps"] == 5
+    assert "steps_equal" not in lite.compare_outputs(reference, outputs)
+
+
 def test_input_is_fixed_batch_one_without_shape_ops(converted):
     for name, tflite in converted.items():
         interpreter = lite.make_interpreter(tflite, delegate=False)
