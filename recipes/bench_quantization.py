@@ -101,7 +101,10 @@ def main(argv):
                 f"  float {row['float_top1']:.2%}, PTQ {row['ptq_top1']:.2%}, "
                 f"QAT {row['qat_top1']:.2%} (QAT Keras "
                 f"{row['qat_keras_top1']:.2%}, TFLite agrees on "
-                f"{row['qat_tflite_agreement']:.2%})",
+                f"{row['qat_tflite_agreement']:.2%}; logits equal "
+                f"{row['qat_logits_equal']:.2%}, within two steps "
+                f"{row['qat_logits_within_two_steps']:.2%}, largest "
+                f"{row['qat_logits_max_steps']:.0f} steps)",
                 flush=True,
             )
             rows.append(row)

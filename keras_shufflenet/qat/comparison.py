@@ -58,8 +58,11 @@ def compare_quantization(setting, seed, work_dir, verbose=False):
 
     Returns:
         A dict: `setting`, `seed`, `float_top1`, `ptq_top1`, `qat_top1`,
-        `qat_keras_top1` (the fake-quantized Keras model) and
-        `qat_tflite_agreement` (top-1 agreement of TFLite and QAT Keras).
+        `qat_keras_top1` (the fake-quantized Keras model),
+        `qat_tflite_agreement` (top-1 agreement of TFLite and QAT Keras)
+        and how their logits differ in output steps:
+        `qat_logits_equal` and `qat_logits_within_two_steps` (fractions
+        of the logits) and `qat_logits_max_steps`.
     """
     config = dataclasses.replace(
         setting.recipe,
@@ -123,6 +126,9 @@ def compare_quantization(setting, seed, work_dir, verbose=False):
         "qat_top1": qat_eval["tflite_top1"],
         "qat_keras_top1": qat_eval["keras_top1"],
         "qat_tflite_agreement": qat_eval["top1_agreement"],
+        "qat_logits_equal": qat_eval["steps_equal"],
+        "qat_logits_within_two_steps": qat_eval["steps_within_two"],
+        "qat_logits_max_steps": qat_eval["max_steps"],
     }
 
 
