@@ -282,8 +282,8 @@ def test_tflite_agrees_with_the_qat_keras_model(trained):
     # single steps spread over the units (tflite/README.md, "PTQ or QAT").
     # Measured on this model, seeds 0-2, oneDNN off and on: 95-99% of the
     # logits equal, 99.5-100% within two steps, the largest 1-6 steps off;
-    # unsnapped the median is 1-2 steps and the 99th percentile 4-6. A
-    # range QAT did not learn puts a layer tens of steps off.
+    # unsnapped 15-24% equal and 74-85% within two. A range QAT did not
+    # learn puts a layer tens of steps off.
     assert result["steps_equal"] >= 0.9, result
     assert result["steps_within_two"] >= 0.99, result
     assert result["max_steps"] <= 8, result
