@@ -166,6 +166,7 @@ class Evaluator:
         self.steps = steps["count"]
         self._loop = tf.function(self._eval_loop)
 
+    @tf.autograph.experimental.do_not_convert  # As `TrainStep._step`.
     def _eval_step(self, images, labels, weights):
         logits = self.model(tf.cast(images, tf.float32), training=False)
         return evaluation_sums(logits, labels, weights, self.from_logits)
