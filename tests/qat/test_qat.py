@@ -167,6 +167,9 @@ def _train_small_qat_model():
             from_logits=True, label_smoothing=0.2
         ),
     )
+    # Built before `fit`, whose first trace would otherwise create Adam's
+    # slots and then trace again: half of the fit's time.
+    model.optimizer.build(model.trainable_variables)
     model.fit(
         images, keras.ops.one_hot(labels, CLASSES), batch_size=16, epochs=8,
         verbose=0,
