@@ -3,6 +3,7 @@
 import numpy as np
 import tf_keras
 
+from keras_shufflenet.qat.graph import kernel_range_variables
 from keras_shufflenet.qat.graph import producers
 from keras_shufflenet.qat.graph import range_variables
 
@@ -53,7 +54,7 @@ def snap_biases(model):
         if not isinstance(norm, tf_keras.layers.BatchNormalization):
             continue
         conv = feeds[id(wrapper.input)]
-        if not _kernel_range(conv):
+        if not kernel_range_variables(conv):
             continue  # No convolution to fold into: not an int8 bias.
         folded.add(conv.name)
         gamma, beta, mean, variance = (
@@ -70,7 +71,7 @@ def snap_biases(model):
     for conv in model.layers:
         if (
             conv.name in folded
-            or not _kernel_range(conv)
+            or not kernel_range_variables(conv)
             or not getattr(conv.layer, "use_bias", False)
         ):
             continue
@@ -80,15 +81,10 @@ def snap_biases(model):
     return largest
 
 
-def _kernel_range(layer):
-    return [
-        v for v in layer.weights
-        if v.name.endswith(("kernel_min:0", "kernel_max:0"))
-    ]
-
-
 def _weight_scale(conv):
-    low, high = (v.numpy().astype("float64") for v in _kernel_range(conv))
+    low, high = (
+        v.numpy().astype("float64") for v in kernel_range_variables(conv)
+    )
     return (high - low) / _WEIGHT_LEVELS
 
 
@@ -120,7 +116,7 @@ def _input_scale(conv, feeds):
 def _snap(variable, bias, grid):
     """Moves `variable` by what puts `bias` on `grid`; the move in steps."""
     on_grid = grid > 0  # A zero weight scale leaves its bias as it is.
-    steps = np.where(on_grid, bias / np.where(on_grid, grid, 1.0), 0.0)
-    move = np.where(on_grid, (np.round(steps) - steps) * grid, 0.0)
-    variable.assign((variable.numpy() + move).astype("float32"))
-    return float(np.max(np.abs(np.round(steps) - steps), initial=0.0))
+    steps = bias / np.where(on_grid, grid, 1.0)
+    offset = np.where(on_grid, np.round(steps) - steps, 0.0)
+    variable.assign((variable.numpy() + offset * grid).astype("float32"))
+    return float(np.max(np.abs(offset), initial=0.0))

@@ -124,9 +124,9 @@ def calibrate_ranges(model, twin, images, batch_size=32):
         batch_size: Images per forward pass. Defaults to 32.
     """
     ranges = {
-        wrapper.layer.name: range_variables(wrapper)
+        wrapper.layer.name: found
         for wrapper in model.layers
-        if hasattr(wrapper, "layer") and range_variables(wrapper)
+        if hasattr(wrapper, "layer") and (found := range_variables(wrapper))
     }
     names = [n for n in ranges if n in {layer.name for layer in twin.layers}]
     probe = type(twin)(
@@ -209,7 +209,9 @@ def convert_qat(
 
     The converter reads the learned ranges (no calibration data). A static
     batch of 1 keeps the reshapes of the channel shuffle constant, with no
-    SHAPE ops, as `lite.convert` does.
+    SHAPE ops, as `lite.convert` does. Call `snap_biases` on the model
+    first (as `QatTrainer` does) for it to add the biases this model's
+    integer kernels add.
 
     Reference:
         Zhang et al., "ShuffleNet", section 4.5 (the deployed network).

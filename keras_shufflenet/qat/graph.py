@@ -34,7 +34,19 @@ def range_variables(layer):
         suffixes = ("_min:0", "_max:0")
     else:
         suffixes = _OUTPUT_RANGES
-    return sorted(
-        (v for v in layer.weights if v.name.endswith(suffixes)),
-        key=lambda v: not v.name.endswith("min:0"),
+    return _min_then_max(
+        v for v in layer.weights if v.name.endswith(suffixes)
     )
+
+
+def kernel_range_variables(layer):
+    """The `(min, max)` variables of a wrapper's kernel quantizer (one
+    value per channel, or one), or empty where it quantizes no kernel."""
+    return _min_then_max(
+        v for v in layer.weights
+        if v.name.endswith(("kernel_min:0", "kernel_max:0"))
+    )
+
+
+def _min_then_max(variables):
+    return sorted(variables, key=lambda v: not v.name.endswith("min:0"))
