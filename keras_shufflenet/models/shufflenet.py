@@ -27,6 +27,7 @@ from keras_shufflenet.models.lowering import RowZeroPadding2D
 from keras_shufflenet.models.lowering import ShufflingBatchNormalization
 from keras_shufflenet.models.naming import variant_name
 from keras_shufflenet.models.pretrained import resolve_weights
+from keras_shufflenet.utils.onednn import tensorflow_runs_nchw_conv
 
 # Table 1: output channels of stages 2, 3 and 4 of "ShuffleNet 1x" for each
 # number of groups g. Every stage doubles the previous one.
@@ -124,7 +125,6 @@ def _channel_axis():
     return -1 if keras.config.image_data_format() == "channels_last" else 1
 
 
-@functools.cache
 def backend_runs_channels_first_conv():
     """Whether the Keras backend runs NCHW (`channels_first`) convolutions.
 
@@ -138,18 +138,7 @@ def backend_runs_channels_first_conv():
     """
     if keras.backend.backend() != "tensorflow":
         return True
-    # Only the TensorFlow backend needs the probe.
-    import tensorflow as tf
-
-    with tf.init_scope():  # Run the probe eagerly, also inside a trace.
-        try:
-            tf.nn.conv2d(
-                tf.zeros((1, 1, 1, 1)), tf.zeros((1, 1, 1, 1)), 1, "VALID",
-                data_format="NCHW",
-            )
-        except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError):
-            return False
-    return True
+    return tensorflow_runs_nchw_conv()
 
 
 def _warn_if_channels_first_cannot_run():

@@ -44,12 +44,26 @@ def run_on_tensorflow(program):
     backend = keras.backend.backend()
     if backend == "tensorflow":
         return
-    print(
+    rerun_with_env(
         f"{program} runs on TensorFlow; running it again with "
         f"KERAS_BACKEND=tensorflow (Keras' backend here: {backend}). "
         "Models saved under any backend load there.",
-        file=sys.stderr,
-        flush=True,
+        KERAS_BACKEND="tensorflow",
     )
-    env = dict(os.environ, KERAS_BACKEND="tensorflow")
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def rerun_with_env(message, **env):
+    """Replaces this process with the same command under `env`.
+
+    For settings that take effect only when a library is first imported
+    (Keras' backend, TensorFlow's oneDNN). The process keeps its id, so a
+    supervisor's signals still reach it.
+
+    Args:
+        message: Printed to stderr first, saying why.
+        **env: Environment variables to set.
+    """
+    print(message, file=sys.stderr, flush=True)
+    os.execve(
+        sys.executable, [sys.executable, *sys.argv], dict(os.environ, **env)
+    )
