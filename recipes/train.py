@@ -13,6 +13,10 @@ saved as `config.json` beside the checkpoints. See recipes/README.md.
 
 The same command resumes an interrupted run. SIGTERM or Ctrl-C writes a
 checkpoint first and exits with status 75 (`training.PREEMPTED_EXIT_CODE`).
+With `--train.deterministic=true` the resumed run ends with the weights of
+an uninterrupted one, bit for bit; the program then runs itself again with
+`TF_ENABLE_ONEDNN_OPTS=0` unless that is set, since TensorFlow's oneDNN
+kernels sum in an order that depends on their threads.
 
 `--qat_from=runs/quickstart_digits/export/shufflenet_0.5x_g3.keras
 --model_dir=runs/quickstart_qat --optimizer.lr=0.2 --train.epochs=3` fine-tunes
@@ -50,6 +54,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     config = recipe_config(argv, CONFIGS_DIR)
+    training.rerun_without_onednn(config)
     try:
         if config.qat_from:
             from keras_shufflenet import qat

@@ -33,10 +33,14 @@ except RuntimeError:  # Devices were initialised already.
     pass
 
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
 import keras  # noqa: E402
 import pytest  # noqa: E402
 
 from keras_shufflenet.models import shufflenet  # noqa: E402
+from keras_shufflenet.utils.onednn import cpu_runs_onednn  # noqa: E402
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -55,6 +59,41 @@ def pytest_runtest_call(item):
     """Seeds every test body, for the same reason."""
     keras.utils.set_random_seed(0)
     yield
+
+
+def pytest_pyfunc_call(pyfuncitem):
+    """Runs a test marked `onednn_off` in a fresh process with oneDNN off
+    when this process runs TensorFlow's oneDNN kernels.
+
+    Such a test trains in-process with `train.deterministic`, which
+    `Trainer` refuses where oneDNN is on (its sums depend on the thread;
+    `training.determinism`), and oneDNN is decided when TensorFlow is
+    imported. So every run of the suite checks the bit-exact result, with
+    either setting.
+    """
+    if pyfuncitem.get_closest_marker("onednn_off") is None:
+        return None
+    if not cpu_runs_onednn():
+        return None
+    completed = subprocess.run(
+        [
+            sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+            pyfuncitem.nodeid,
+        ],
+        cwd=pyfuncitem.config.rootpath,
+        env=dict(os.environ, TF_ENABLE_ONEDNN_OPTS="0"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+    )
+    if completed.returncode != 0:
+        pytest.fail(
+            "With TF_ENABLE_ONEDNN_OPTS=0, in a fresh process:\n"
+            + completed.stdout[-6000:],
+            pytrace=False,
+        )
+    return True
 
 
 def pytest_collection_modifyitems(items):

@@ -35,6 +35,8 @@ from keras_shufflenet.training.config import paper_config
 from keras_shufflenet.training.config import resolve_config
 from keras_shufflenet.training.config import save_config
 from keras_shufflenet.training.config import strip_optional
+from keras_shufflenet.training.determinism import enable_determinism
+from keras_shufflenet.training.determinism import rerun_without_onednn
 from keras_shufflenet.training.distribution import batch_norm_layers
 from keras_shufflenet.training.distribution import build_model
 from keras_shufflenet.training.distribution import create_strategy

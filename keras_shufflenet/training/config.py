@@ -132,9 +132,11 @@ class TrainConfig:
             (`tf.config.experimental.enable_op_determinism`), so that a run
             killed at any point and restarted with the same command ends
             with bit-identical weights to an uninterrupted one (on CPU).
-            Costs some speed. Without it, a resumed run still ends at the
-            same step and sees each example once per epoch. Defaults to
-            False.
+            Costs some speed. Refused on a CPU where TensorFlow runs its
+            oneDNN kernels, which it does not cover (see
+            `training.determinism`); recipes/train.py turns them off by
+            itself. Without it, a resumed run still ends at the same step
+            and sees each example once per epoch. Defaults to False.
     """
     batch_size: int = PAPER_BATCH_SIZE
     epochs: float = PAPER_EPOCHS

@@ -34,6 +34,7 @@ from keras import ops
 
 from keras_shufflenet.training.checkpointing import RunRecords
 from keras_shufflenet.training.config import STRATEGIES
+from keras_shufflenet.training.determinism import enable_determinism
 from keras_shufflenet.training.distribution import batch_norm_layers
 from keras_shufflenet.training.evaluation import evaluation_metrics
 from keras_shufflenet.training.evaluation import evaluation_sums
@@ -528,6 +529,10 @@ class JaxTrainer(Trainer):
         self.on_tpu = platform == "tpu"
         self.multi_worker = jax.process_count() > 1
         self.policy = jax_precision_policy(config.precision, self.devices)
+
+    def _enable_determinism(self):
+        # XLA compiles the model's math; TensorFlow only reads the data.
+        enable_determinism(None)
 
     def _scope(self):
         return self.distribution.scope()

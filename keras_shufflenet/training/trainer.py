@@ -27,6 +27,7 @@ from keras_shufflenet.training.checkpointing import write_export
 from keras_shufflenet.training.config import CONFIG_FILE
 from keras_shufflenet.training.config import resolve_config
 from keras_shufflenet.training.config import save_config
+from keras_shufflenet.training.determinism import enable_determinism
 from keras_shufflenet.training.distribution import build_model
 from keras_shufflenet.training.distribution import create_strategy
 from keras_shufflenet.training.distribution import is_chief
@@ -104,7 +105,7 @@ class Trainer:
         if config.train.deterministic:
             # Process-wide, as TF offers it; the data order and
             # augmentation are deterministic in any case.
-            tf.config.experimental.enable_op_determinism()
+            self._enable_determinism()
 
         self.pipeline = InputPipeline(config.data)
         self.num_classes = self.pipeline.num_classes
@@ -146,6 +147,9 @@ class Trainer:
             self.strategy, tf.distribute.MultiWorkerMirroredStrategy
         )
         self.policy = precision_policy(config.precision, self.strategy)
+
+    def _enable_determinism(self):
+        enable_determinism(self.strategy)
 
     def _scope(self):
         """Where the model and optimizer are created."""

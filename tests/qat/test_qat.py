@@ -424,6 +424,7 @@ def test_float_trainer_refuses_a_qat_config(tmp_path):
 
 
 @pytest.mark.long
+@pytest.mark.onednn_off
 def test_qat_recipe_exports_int8_and_resumes_bit_exactly(
     tmp_path, monkeypatch, restores_op_determinism
 ):

@@ -459,14 +459,78 @@ def test_multi_worker_two_processes_end_with_identical_weights(tmp_path):
     assert saved["derived"]["num_replicas"] == 2
 
 
+def test_deterministic_training_is_refused_where_onednn_runs(
+    tmp_path, monkeypatch
+):
+    """oneDNN's gradient sums depend on the thread that runs them, which
+    TensorFlow's op determinism does not cover: `Trainer` says so and how
+    to turn oneDNN off, before it builds anything or turns determinism
+    on."""
+    monkeypatch.setattr(training.determinism, "cpu_runs_onednn", lambda: True)
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "1")
+    enabled = []
+    monkeypatch.setattr(
+        tf.config.experimental, "enable_op_determinism",
+        lambda: enabled.append(True),
+    )
+    config = tiny_config(tmp_path, **{"train.deterministic": True})
+    with pytest.raises(ValueError) as raised:
+        training.Trainer(config, verbose=False)
+    message = str(raised.value)
+    assert "train.deterministic=True" in message
+    assert "(TF_ENABLE_ONEDNN_OPTS=1)" in message
+    assert "Set TF_ENABLE_ONEDNN_OPTS=0 before TensorFlow is imported" in message
+    assert not enabled
+
+
+@pytest.mark.parametrize(
+    "deterministic, setting, reruns",
+    [(True, None, True), (True, "1", False), (True, "0", False),
+     (False, None, False)],
+)
+def test_deterministic_program_runs_again_with_onednn_off(
+    monkeypatch, deterministic, setting, reruns
+):
+    """recipes/train.py learns `train.deterministic` after TensorFlow is
+    imported, so it runs itself again, same process and arguments, with
+    TF_ENABLE_ONEDNN_OPTS=0; a setting of the user's is kept."""
+    if setting is None:
+        monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    else:
+        monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", setting)
+    calls = []
+
+    def execve(path, args, env):
+        calls.append((path, args, env))
+        raise SystemExit  # What replacing the process amounts to here.
+
+    monkeypatch.setattr(os, "execve", execve)
+    config = training.ExperimentConfig(
+        train=training.TrainConfig(deterministic=deterministic)
+    )
+    if reruns:
+        with pytest.raises(SystemExit):
+            training.rerun_without_onednn(config)
+        [(path, args, env)] = calls
+        assert (path, args) == (sys.executable, [sys.executable, *sys.argv])
+        assert env["TF_ENABLE_ONEDNN_OPTS"] == "0"
+        assert env["PATH"] == os.environ["PATH"]
+    else:
+        training.rerun_without_onednn(config)
+        assert not calls
+
+
 @pytest.mark.long
 def test_sigterm_then_kill_9_then_restart_ends_with_identical_weights(
-    tmp_path,
+    tmp_path, monkeypatch
 ):
     """The fast fault-injection run: SIGTERM writes a checkpoint and exits
     with 75, kill -9 loses only the steps since the last checkpoint, and
     with --train.deterministic=true the end state equals an uninterrupted
-    run's, bit for bit (tools/fault_injection.py runs the long plan)."""
+    run's, bit for bit (tools/fault_injection.py runs the long plan). The
+    program runs itself again with oneDNN off, as it does for a user who
+    leaves TF_ENABLE_ONEDNN_OPTS unset."""
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
     command = [
         sys.executable,
         os.path.join(ROOT, "recipes/train.py"),
@@ -489,6 +553,8 @@ def test_sigterm_then_kill_9_then_restart_ends_with_identical_weights(
     )
     assert report.completed, report.outputs[-1][-3000:]
     assert report.runs == 3
+    for output in report.outputs:
+        assert "running again with TF_ENABLE_ONEDNN_OPTS=0" in output
     assert "exit 75" in report.faults[0] and "exit -9" in report.faults[1]
     assert report.identical, report.mismatched
     stopped = int(re.search(r"ckpt-(\d+); the same", report.outputs[0])[1])
