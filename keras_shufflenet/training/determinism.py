@@ -11,7 +11,9 @@ otherwise. Which of the two happens depends on scheduling, so the last
 bits of a gradient do too (the stem's kernel gradient differs in the last
 bit between one and two threads), and a resumed run can end a few ulps
 away from an uninterrupted one. With oneDNN off, TensorFlow's CPU kernels
-sum in a fixed order.
+split their sums by the size of the intra-op pool, the same for every
+call, so a restart on the same machine with the same thread settings
+repeats them bit for bit.
 """
 
 import os
