@@ -18,6 +18,7 @@ repeats them bit for bit.
 
 import os
 
+import keras
 import tensorflow as tf
 
 from keras_shufflenet.utils.cli import rerun_with_env
@@ -69,14 +70,17 @@ def rerun_without_onednn(config):
     after TensorFlow is imported. It does not ask TensorFlow whether
     oneDNN is on, which would start its runtime before a multi-worker
     strategy can configure it, so it runs again on every CPU where
-    `TF_ENABLE_ONEDNN_OPTS` is unset. An explicit setting is kept;
-    `enable_determinism` refuses `TF_ENABLE_ONEDNN_OPTS=1`.
+    `TF_ENABLE_ONEDNN_OPTS` is unset, under Keras' TensorFlow backend. An
+    explicit setting is kept; `enable_determinism` refuses
+    `TF_ENABLE_ONEDNN_OPTS=1`.
 
     Args:
         config: The run's `ExperimentConfig`.
     """
     if not config.train.deterministic or ONEDNN_VARIABLE in os.environ:
         return
+    if keras.backend.backend() != "tensorflow":
+        return  # XLA computes the model; TensorFlow only reads the data.
     rerun_with_env(
         "train.deterministic=true: running again with "
         f"{ONEDNN_VARIABLE}=0, since TensorFlow's oneDNN kernels (on by "

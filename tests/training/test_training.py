@@ -484,16 +484,19 @@ def test_deterministic_training_is_refused_where_onednn_runs(
 
 
 @pytest.mark.parametrize(
-    "deterministic, setting, reruns",
-    [(True, None, True), (True, "1", False), (True, "0", False),
-     (False, None, False)],
+    "deterministic, setting, backend, reruns",
+    [(True, None, "tensorflow", True), (True, "1", "tensorflow", False),
+     (True, "0", "tensorflow", False), (False, None, "tensorflow", False),
+     (True, None, "jax", False)],
 )
 def test_deterministic_program_runs_again_with_onednn_off(
-    monkeypatch, deterministic, setting, reruns
+    monkeypatch, deterministic, setting, backend, reruns
 ):
     """recipes/train.py learns `train.deterministic` after TensorFlow is
     imported, so it runs itself again, same process and arguments, with
-    TF_ENABLE_ONEDNN_OPTS=0; a setting of the user's is kept."""
+    TF_ENABLE_ONEDNN_OPTS=0; a setting of the user's is kept, and on JAX,
+    where XLA computes the model, it does not run again."""
+    monkeypatch.setattr(keras.backend, "backend", lambda: backend)
     if setting is None:
         monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
     else:
