@@ -142,10 +142,17 @@ def _strike(run, fault, model_dir, rng, timeout):
     deadline = time.time() + timeout
     known = _newest(model_dir)
     temp = os.path.join(model_dir, "checkpoints", "ckpt-*_temp*")
+    # A save an earlier kill cut short leaves its temporary files until the
+    # run removes them at start; only a save of this run counts, though it
+    # may reuse a name.
+    stale = set(glob.glob(temp))
     while run.alive() and time.time() < deadline:
-        if fault == "kill_during_checkpoint" and glob.glob(temp):
-            run.process.send_signal(signal.SIGKILL)
-            return "while a checkpoint was being written"
+        if fault == "kill_during_checkpoint":
+            writing = set(glob.glob(temp))
+            stale &= writing
+            if writing - stale:
+                run.process.send_signal(signal.SIGKILL)
+                return "while a checkpoint was being written"
         if fault == "kill_during_evaluation" and "Evaluating at step" in "".join(
             run.output[-3:]
         ):
