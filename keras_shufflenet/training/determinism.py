@@ -40,25 +40,24 @@ def enable_determinism(strategy=None):
         ValueError: oneDNN is on where the model trains. It is decided
             when TensorFlow is imported, so the process cannot turn it off.
     """
-    if strategy is not None:
-        devices = strategy.extended.worker_devices
-        if all("CPU" in device.upper() for device in devices) and (
-            cpu_runs_onednn()
-        ):
-            setting = os.environ.get(ONEDNN_VARIABLE)
-            chosen = (
-                f"{ONEDNN_VARIABLE}={setting}" if setting is not None
-                else f"{ONEDNN_VARIABLE} is unset and TensorFlow chose it "
-                "for this CPU"
-            )
-            raise ValueError(
-                "train.deterministic=True asks for bit-identical weights "
-                "after a restart, but TensorFlow runs its oneDNN kernels on "
-                f"this CPU ({chosen}), whose gradient sums depend on the "
-                f"thread that runs them. Set {ONEDNN_VARIABLE}=0 before "
-                "TensorFlow is imported (recipes/train.py does it by "
-                "itself), or train with train.deterministic=False."
-            )
+    on_cpu = strategy is not None and all(
+        "CPU" in device.upper() for device in strategy.extended.worker_devices
+    )
+    if on_cpu and cpu_runs_onednn():
+        setting = os.environ.get(ONEDNN_VARIABLE)
+        chosen = (
+            f"{ONEDNN_VARIABLE}={setting}" if setting is not None
+            else f"{ONEDNN_VARIABLE} is unset and TensorFlow chose it for "
+            "this CPU"
+        )
+        raise ValueError(
+            "train.deterministic=True asks for bit-identical weights after "
+            "a restart, but TensorFlow runs its oneDNN kernels on this CPU "
+            f"({chosen}), whose gradient sums depend on the thread that "
+            f"runs them. Set {ONEDNN_VARIABLE}=0 before TensorFlow is "
+            "imported (recipes/train.py does it by itself), or train with "
+            "train.deterministic=False."
+        )
     tf.config.experimental.enable_op_determinism()
 
 
