@@ -14,9 +14,10 @@ saved as `config.json` beside the checkpoints. See recipes/README.md.
 The same command resumes an interrupted run. SIGTERM or Ctrl-C writes a
 checkpoint first and exits with status 75 (`training.PREEMPTED_EXIT_CODE`).
 With `--train.deterministic=true` the resumed run ends with the weights of
-an uninterrupted one, bit for bit; the program then runs itself again with
-`TF_ENABLE_ONEDNN_OPTS=0` unless that is set, since TensorFlow's oneDNN
-kernels sum in an order that depends on their threads.
+an uninterrupted one, bit for bit; TensorFlow then starts with
+`TF_ENABLE_ONEDNN_OPTS=0` unless that is set, since its oneDNN kernels sum
+in an order that depends on their threads (a recipe file that asks for
+determinism makes the program run itself again that way).
 
 `--qat_from=runs/quickstart_digits/export/shufflenet_0.5x_g3.keras
 --model_dir=runs/quickstart_qat --optimizer.lr=0.2 --train.epochs=3` fine-tunes
@@ -36,13 +37,45 @@ import sys
 from absl import app
 from absl import flags
 
+
+def _start_tensorflow_without_onednn(argv):
+    """Turns oneDNN off before TensorFlow is imported when the command line
+    asks for `--train.deterministic`.
+
+    TensorFlow decides on oneDNN at import, and a run afterwards
+    (`training.rerun_without_onednn`, for recipe files that ask) would
+    import it twice. The flag is read by absl, as `main` reads it (a string
+    flag, flag files included); a value `main` would refuse is left to it.
+    """
+    if "TF_ENABLE_ONEDNN_OPTS" in os.environ:
+        return  # The user's choice; the Trainer refuses =1.
+    early = flags.FlagValues()
+    flags.DEFINE_string("train.deterministic", None, "", flag_values=early)
+    try:
+        early(argv, known_only=True)
+    except flags.Error:
+        return
+    # The words `training.parse_field_value` takes for true.
+    value = (early["train.deterministic"].value or "").strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+        print(
+            "train.deterministic=true: starting TensorFlow with "
+            "TF_ENABLE_ONEDNN_OPTS=0 (see recipes/README.md, Bit-exact).",
+            file=sys.stderr,
+        )
+
+
+if __name__ == "__main__":
+    _start_tensorflow_without_onednn(sys.argv)
+
 # Runnable from a source checkout without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from keras_shufflenet import data
-from keras_shufflenet import training
-from keras_shufflenet.training.flags import recipe_config
-from keras_shufflenet.utils.cli import exit_on_errors
+from keras_shufflenet import data  # noqa: E402
+from keras_shufflenet import training  # noqa: E402
+from keras_shufflenet.training.flags import recipe_config  # noqa: E402
+from keras_shufflenet.utils.cli import exit_on_errors  # noqa: E402
 
 CONFIGS_DIR = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "configs"

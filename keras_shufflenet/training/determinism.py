@@ -65,12 +65,13 @@ def rerun_without_onednn(config):
     """Runs this program again with oneDNN off if `config` asks for
     determinism and the environment leaves oneDNN to TensorFlow.
 
-    For programs such as recipes/train.py, which know the config only
-    after TensorFlow is imported. It does not ask TensorFlow whether
-    oneDNN is on, which would start its runtime before a multi-worker
-    strategy can configure it, so it runs again on every CPU where
-    `TF_ENABLE_ONEDNN_OPTS` is unset, under Keras' TensorFlow backend. An
-    explicit setting is kept; `enable_determinism` refuses
+    For programs that know the config only after TensorFlow is imported:
+    recipes/train.py reads `--train.deterministic` itself before the
+    import, and calls this for recipe files that set it. It does not ask
+    TensorFlow whether oneDNN is on, which would start its runtime before
+    a multi-worker strategy can configure it, so it runs again on every
+    CPU where `TF_ENABLE_ONEDNN_OPTS` is unset, under Keras' TensorFlow
+    backend. An explicit setting is kept; `enable_determinism` refuses
     `TF_ENABLE_ONEDNN_OPTS=1`.
 
     Args:

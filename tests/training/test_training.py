@@ -523,6 +523,34 @@ def test_deterministic_program_runs_again_with_onednn_off(
         assert not calls
 
 
+def test_train_program_reads_deterministic_from_flag_files_before_tensorflow(
+    tmp_path, monkeypatch
+):
+    """recipes/train.py reads `--train.deterministic` as absl does (here
+    from a flag file, the last setting winning) before TensorFlow is
+    imported, and starts it with oneDNN off: TensorFlow's import then does
+    not log that oneDNN is on. The bad value after it stops the program
+    as before."""
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    flagfile = tmp_path / "flags.txt"
+    flagfile.write_text(
+        "--train.deterministic=false\n--train.deterministic=True\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "recipes/train.py", f"--flagfile={flagfile}",
+         "--train.steps=bad"],
+        cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="0"),
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert completed.returncode == 1
+    assert "`train.steps` expects an optional int value" in completed.stderr
+    assert (
+        "train.deterministic=true: starting TensorFlow with "
+        "TF_ENABLE_ONEDNN_OPTS=0" in completed.stderr
+    )
+    assert "oneDNN custom operations are on" not in completed.stderr
+
+
 @pytest.mark.long
 def test_sigterm_then_kill_9_then_restart_ends_with_identical_weights(
     tmp_path, monkeypatch
@@ -531,8 +559,9 @@ def test_sigterm_then_kill_9_then_restart_ends_with_identical_weights(
     with 75, kill -9 loses only the steps since the last checkpoint, and
     with --train.deterministic=true the end state equals an uninterrupted
     run's, bit for bit (tools/fault_injection.py runs the long plan). The
-    program runs itself again with oneDNN off, as it does for a user who
-    leaves TF_ENABLE_ONEDNN_OPTS unset."""
+    program starts TensorFlow with oneDNN off, as it does for a user who
+    leaves TF_ENABLE_ONEDNN_OPTS unset; where oneDNN would be on, the
+    Trainer refuses to run otherwise."""
     monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
     command = [
         sys.executable,
@@ -557,7 +586,8 @@ def test_sigterm_then_kill_9_then_restart_ends_with_identical_weights(
     assert report.completed, report.outputs[-1][-3000:]
     assert report.runs == 3
     for output in report.outputs:
-        assert "running again with TF_ENABLE_ONEDNN_OPTS=0" in output
+        assert "starting TensorFlow with TF_ENABLE_ONEDNN_OPTS=0" in output
+        assert "running again" not in output  # TensorFlow imported once.
     assert "exit 75" in report.faults[0] and "exit -9" in report.faults[1]
     assert report.identical, report.mismatched
     stopped = int(re.search(r"ckpt-(\d+); the same", report.outputs[0])[1])
