@@ -6,63 +6,50 @@ the stages above it:
 - `models`: the network (Table 1), its layers, complexity, named weights.
 - `data`: sources, the paper's preprocessing, the `tf.data` pipeline.
 - `training`: configs, the training loop, evaluation, the fast graph.
-- `lite`: deployment rewrites, TFLite conversion, evaluation, latency.
-- `weights`: the official release's checkpoints, converted.
-"""
+- `lite`: the on-device graph, TFLite conversion, evaluation, latency.
+- `weights`: checkpoints of other implementations, converted.
+- `qat`: quantization-aware training (the `[qat]` extra; import it).
 
-import importlib
-import warnings
+Here are the names a user calls most: the model and its layers, its
+complexity, pretrained weights, the TFLite conversion and the training
+entry points. Everything else lives in the stages.
+"""
 
 from keras_shufflenet import data
 from keras_shufflenet import lite
 from keras_shufflenet import models
 from keras_shufflenet import training
 from keras_shufflenet import weights
-from keras_shufflenet.models import pretrained
+from keras_shufflenet.lite.conversion import convert
 from keras_shufflenet.models.complexity import complexity
-from keras_shufflenet.models.complexity import layer_flops
 from keras_shufflenet.models.layers import ChannelShuffle
 from keras_shufflenet.models.layers import PointwiseGroupConv2D
-from keras_shufflenet.models.layers import set_group_conv_implementation
-from keras_shufflenet.models.layers import shuffle_permutation
-from keras_shufflenet.models.loading import load_weights
-from keras_shufflenet.models.lowering import DeferredChannelShuffle
-from keras_shufflenet.models.lowering import DepthwiseAveragePooling2D
-from keras_shufflenet.models.lowering import ImageNormalization
-from keras_shufflenet.models.lowering import PermutedDepthwiseConv2D
-from keras_shufflenet.models.lowering import RowZeroPadding2D
-from keras_shufflenet.models.lowering import ShufflingBatchNormalization
-from keras_shufflenet.models.shufflenet import OFFICIAL_WIDTHS
+from keras_shufflenet.models.parts import network_parts
 from keras_shufflenet.models.shufflenet import ShuffleNet
 from keras_shufflenet.models.shufflenet import feature_extractor
 from keras_shufflenet.models.shufflenet import preprocess_input
 from keras_shufflenet.models.shufflenet import shufflenet_widths
+from keras_shufflenet.training.backends import train
 from keras_shufflenet.training.fused import training_model
 from keras_shufflenet.version import __version__
 from keras_shufflenet.weights.official import from_official_checkpoint
 
-# The flat modules of 0.1.0 and where their contents live now.
-_MOVED = {
-    "shufflenet": "keras_shufflenet.models.shufflenet",
-    "layers": "keras_shufflenet.models.layers",
-    "complexity": "keras_shufflenet.models.complexity",
-    "deploy": "keras_shufflenet.lite.rewrite",
-    "export": "keras_shufflenet.lite",
-    "benchmark": "keras_shufflenet.lite.benchmark",
-    "fused": "keras_shufflenet.training.fused",
-    "train_speed": "keras_shufflenet.training.throughput",
-    "official": "keras_shufflenet.weights.official",
-    "files": "keras_shufflenet.utils.files",
-}
-
-
-def __getattr__(name):
-    if name in _MOVED:
-        warnings.warn(
-            f"`keras_shufflenet.{name}` moved to `{_MOVED[name]}`; the old "
-            "name will be removed in a future release.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return importlib.import_module(_MOVED[name])
-    raise AttributeError(f"module 'keras_shufflenet' has no attribute {name!r}")
+__all__ = [
+    "ChannelShuffle",
+    "PointwiseGroupConv2D",
+    "ShuffleNet",
+    "complexity",
+    "convert",
+    "data",
+    "feature_extractor",
+    "from_official_checkpoint",
+    "lite",
+    "models",
+    "network_parts",
+    "preprocess_input",
+    "shufflenet_widths",
+    "train",
+    "training",
+    "training_model",
+    "weights",
+]

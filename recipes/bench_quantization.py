@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from keras_shufflenet.qat.comparison import QuantizationSetting  # noqa: E402
 from keras_shufflenet.qat.comparison import compare_quantization  # noqa: E402
 from keras_shufflenet.qat.comparison import format_summary  # noqa: E402
-from keras_shufflenet.qat.comparison import summarize  # noqa: E402
+from keras_shufflenet.qat.comparison import summarize_comparison  # noqa: E402
 from keras_shufflenet.training.flags import load_recipe  # noqa: E402
 from keras_shufflenet.utils.files import write_atomic  # noqa: E402
 
@@ -108,7 +108,7 @@ def main(argv):
                 flush=True,
             )
             rows.append(row)
-    summary = summarize(rows)
+    summary = summarize_comparison(rows)
     print(format_summary(summary))
     output = FLAGS.output or os.path.join(
         FLAGS.work_dir, "bench_quantization.json"

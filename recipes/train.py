@@ -43,7 +43,7 @@ def _start_tensorflow_without_onednn(argv):
     asks for `--train.deterministic`.
 
     TensorFlow decides on oneDNN at import, and a run afterwards
-    (`training.rerun_without_onednn`, for recipe files that ask) would
+    (`determinism.rerun_without_onednn`, for recipe files that ask) would
     import it twice. The flag is read by absl, as `main` reads it (a string
     flag, flag files included); a value `main` would refuse is left to it.
     """
@@ -55,7 +55,7 @@ def _start_tensorflow_without_onednn(argv):
         early(argv, known_only=True)
     except flags.Error:
         return
-    # The words `training.parse_field_value` takes for true.
+    # The words `training.flags.parse_field_value` takes for true.
     value = (early["train.deterministic"].value or "").strip().lower()
     if value in ("1", "true", "yes", "on"):
         os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
@@ -74,6 +74,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from keras_shufflenet import data  # noqa: E402
 from keras_shufflenet import training  # noqa: E402
+from keras_shufflenet.training import checkpointing  # noqa: E402
+from keras_shufflenet.training import determinism  # noqa: E402
+from keras_shufflenet.training import optimization  # noqa: E402
+from keras_shufflenet.training import preemption  # noqa: E402
 from keras_shufflenet.training.flags import recipe_config  # noqa: E402
 from keras_shufflenet.utils.cli import exit_on_errors  # noqa: E402
 
@@ -87,15 +91,15 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     config = recipe_config(argv, CONFIGS_DIR)
-    training.rerun_without_onednn(config)
+    determinism.rerun_without_onednn(config)
     try:
         if config.qat_from:
             from keras_shufflenet import qat
 
-            qat.train(config)
+            qat.train_qat(config)
         else:
             training.train(config)
-    except training.Preempted as stopped:
+    except preemption.Preempted as stopped:
         # A distinct status: the run is whole and the same command resumes.
         print(stopped, file=sys.stderr)
         sys.exit(stopped.exit_code)
@@ -106,8 +110,8 @@ if __name__ == "__main__":
         exit_on_errors(
             main,
             (
-                training.NonFiniteLossError,
-                training.CheckpointError,
+                optimization.NonFiniteLossError,
+                checkpointing.CheckpointError,
                 data.BadDataError,
             ),
         )

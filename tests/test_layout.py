@@ -171,20 +171,58 @@ def test_no_function_body_is_longer_than_a_screen():
     assert long == []
 
 
-@pytest.mark.parametrize(
-    "old, new",
-    [
-        ("export", "keras_shufflenet.lite"),
-        ("deploy", "keras_shufflenet.lite.rewrite"),
-        ("fused", "keras_shufflenet.training.fused"),
-        ("shufflenet", "keras_shufflenet.models.shufflenet"),
-    ],
-)
-def test_old_module_names_resolve_with_a_deprecation_warning(old, new):
+# The names a user calls, chosen on purpose; the stages hold the rest.
+TOP_LEVEL = [
+    "ChannelShuffle",
+    "PointwiseGroupConv2D",
+    "ShuffleNet",
+    "complexity",
+    "convert",
+    "data",
+    "feature_extractor",
+    "from_official_checkpoint",
+    "lite",
+    "models",
+    "network_parts",
+    "preprocess_input",
+    "shufflenet_widths",
+    "train",
+    "training",
+    "training_model",
+    "weights",
+]
+
+
+def test_the_top_level_exports_the_users_names_and_no_internals():
+    import types
+
     import keras_shufflenet
 
-    with pytest.warns(DeprecationWarning, match=f"moved to `{new}`"):
-        module = getattr(keras_shufflenet, old)
-    assert module.__name__ == new
-    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
-        keras_shufflenet.nonexistent  # noqa: B018
+    assert sorted(keras_shufflenet.__all__) == TOP_LEVEL
+    # Whatever else is importable from the top is a stage (a submodule).
+    others = {
+        name
+        for name in dir(keras_shufflenet)
+        if not name.startswith("_") and name not in TOP_LEVEL
+    }
+    assert {
+        name
+        for name in others
+        if not isinstance(getattr(keras_shufflenet, name), types.ModuleType)
+    } == set()
+
+
+def test_a_stage_exports_only_what_its_docstring_names():
+    missing = []
+    for module, (path, tree) in MODULES.items():
+        if path.name != "__init__.py" or module == "keras_shufflenet":
+            continue
+        doc = ast.get_docstring(tree)
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom):
+                missing += [
+                    f"{module}: {alias.name}"
+                    for alias in node.names
+                    if f"`{alias.name}" not in doc
+                ]
+    assert missing == []

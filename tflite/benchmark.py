@@ -28,6 +28,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from keras_shufflenet.lite import benchmark  # noqa: E402
+from keras_shufflenet.lite.benchmark import latency  # noqa: E402
+from keras_shufflenet.lite.benchmark import profiling  # noqa: E402
+from keras_shufflenet.lite.benchmark import reporting  # noqa: E402
+from keras_shufflenet.lite.benchmark import specs as lite_specs  # noqa: E402
+from keras_shufflenet.lite.benchmark import timing  # noqa: E402
 from keras_shufflenet.utils import files  # noqa: E402
 
 _MODELS = flags.DEFINE_list(
@@ -49,18 +54,19 @@ _WITHOUT_REWRITES = flags.DEFINE_list(
     "without_rewrites",
     [],
     "Also time each ShuffleNet with one of the default rewrites (its "
-    "layers' lowerings: preprocessing, average_pool, pool_padding) left "
-    "out, suffixed [-REWRITE], to measure what each gives.",
+    "layers' lowerings: preprocessing, average_pool, pool_padding, "
+    "shuffle_after_stride) left out, suffixed [-REWRITE], to measure what "
+    "each gives.",
 )
 _WITH_REWRITES = flags.DEFINE_list(
     "with_rewrites",
     [],
-    "Also time each ShuffleNet with one of the opt-in rewrites "
-    "(shuffle_after_stride, groupwise_units) added, suffixed [+REWRITE].",
+    "Also time each ShuffleNet with an opt-in rewrite (groupwise_units) "
+    "added, suffixed [+REWRITE].",
 )
 _ROUTES = flags.DEFINE_list(
     "routes",
-    list(benchmark.ROUTE_SUFFIXES),
+    list(lite_specs.ROUTE_SUFFIXES),
     "Standard conversions each ShuffleNet also gets a row for: "
     "litert_export (model.export(format='litert'), dynamic batch) and "
     "tflite_converter (SavedModel + tf.lite.TFLiteConverter).",
@@ -73,14 +79,14 @@ _QAT = flags.DEFINE_bool(
     "at the first resolution, beside its post-training int8 row.",
 )
 _RESOLUTIONS = flags.DEFINE_list(
-    "resolutions", list(benchmark.RESOLUTIONS), "HEIGHTxWIDTH sizes."
+    "resolutions", list(lite_specs.RESOLUTIONS), "HEIGHTxWIDTH sizes."
 )
 _MODES = flags.DEFINE_list("modes", ["float32", "int8"], "Conversion modes.")
 _NUM_THREADS = flags.DEFINE_integer(
     "num_threads", 1, "Interpreter threads; Table 8 is single-thread."
 )
 _NUM_RUNS = flags.DEFINE_integer(
-    "num_runs", benchmark.DEFAULT_NUM_RUNS, "Timed invokes per model."
+    "num_runs", timing.DEFAULT_NUM_RUNS, "Timed invokes per model."
 )
 _NUM_RUNS_LARGE = flags.DEFINE_integer(
     "num_runs_large",
@@ -88,25 +94,25 @@ _NUM_RUNS_LARGE = flags.DEFINE_integer(
     "Timed invokes at resolutions above 224x224. Defaults to --num_runs.",
 )
 _WARMUP = flags.DEFINE_integer(
-    "warmup", benchmark.DEFAULT_WARMUP, "Untimed invokes per model first."
+    "warmup", timing.DEFAULT_WARMUP, "Untimed invokes per model first."
 )
 _TIMER = flags.DEFINE_enum(
     "timer",
     "wall",
-    benchmark.TIMERS,
+    timing.TIMERS,
     "wall: elapsed time. cpu: the invoking thread's CPU time, which other "
     "processes on a shared machine do not inflate (one thread only).",
 )
 _LAYOUTS = flags.DEFINE_integer(
     "layouts",
-    benchmark.DEFAULT_LAYOUTS,
+    timing.DEFAULT_LAYOUTS,
     "Times every interpreter is created anew (forward, reverse, then "
     "random order), with the runs split among them: cancels the bias of "
     "where a model's memory lands.",
 )
 _CALIBRATION_IMAGES = flags.DEFINE_integer(
     "calibration_images",
-    benchmark.DEFAULT_CALIBRATION_IMAGES,
+    latency.NUM_RANDOM_CALIBRATION_IMAGES,
     "Random images calibrating int8 models (latency only, not accuracy).",
 )
 _CACHE_DIR = flags.DEFINE_string(
@@ -129,28 +135,28 @@ def _qat_spec(spec):
     from keras_shufflenet import qat
 
     resolution = _RESOLUTIONS.value[0]
-    size = benchmark.RESOLUTIONS.get(resolution) or (
-        benchmark.parse_resolution(resolution)
+    size = lite_specs.RESOLUTIONS.get(resolution) or (
+        lite_specs.parse_resolution(resolution)
     )
     path = os.path.join(_OUTPUT_DIR.value, f"{spec.name}_qat_int8.tflite")
     model = spec.build(tuple(size) + (3,), True)
-    images = benchmark.calibration_images(size, _CALIBRATION_IMAGES.value)
+    images = latency.random_calibration_images(size, _CALIBRATION_IMAGES.value)
     qat.convert_qat(qat.calibrated_qat_model(model, images), path)
-    return benchmark.tflite_spec(path)
+    return lite_specs.tflite_spec(path)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # TF's SavedModel chatter.
-    progress = benchmark.print_progress
+    progress = reporting.print_progress
     if _PROFILE.value:
         (spec,) = benchmark.model_specs([_PROFILE.value])
         resolution = _RESOLUTIONS.value[0]
         rows = benchmark.profile_blocks(
             spec,
-            benchmark.RESOLUTIONS.get(resolution)
-            or benchmark.parse_resolution(resolution),
+            lite_specs.RESOLUTIONS.get(resolution)
+            or lite_specs.parse_resolution(resolution),
             _MODES.value[0],
             num_threads=_NUM_THREADS.value,
             num_runs=_NUM_RUNS.value,
@@ -160,7 +166,7 @@ def main(argv):
             layouts=_LAYOUTS.value,
             progress=progress,
         )
-        table = benchmark.profile_table(rows)
+        table = profiling.profile_table(rows)
         stem = f"profile_{spec.name}_{resolution}_{_MODES.value[0]}"
         path = os.path.join(_OUTPUT_DIR.value, f"{stem}.md")
         files.write_atomic(path, table)
@@ -170,7 +176,7 @@ def main(argv):
     specs = benchmark.model_specs(_MODELS.value)
     if _BASELINE.value:
         specs += [
-            benchmark.with_deployment(spec, "[straightforward]", rewrites=())
+            lite_specs.with_deployment(spec, "[straightforward]", rewrites=())
             for spec in specs
             if spec.family == "shufflenet"
         ]
@@ -179,9 +185,9 @@ def main(argv):
         if spec.family == "shufflenet" and spec.deployment is None
     ]
     variants = [
-        (_WITHOUT_REWRITES, benchmark.without_rewrite),
-        (_WITH_REWRITES, benchmark.with_rewrite),
-        (_ROUTES, benchmark.with_route),
+        (_WITHOUT_REWRITES, lite_specs.without_rewrite),
+        (_WITH_REWRITES, lite_specs.with_rewrite),
+        (_ROUTES, lite_specs.with_route),
     ]
     for flag, variant in variants:
         try:
@@ -192,7 +198,7 @@ def main(argv):
             ]
         except ValueError as e:
             raise app.UsageError(f"--{flag.name}: {e}") from None
-    specs += [benchmark.tflite_spec(path) for path in _TFLITE.value]
+    specs += [lite_specs.tflite_spec(path) for path in _TFLITE.value]
     if _QAT.value:
         specs += [_qat_spec(spec) for spec in shufflenets]
     large = {
@@ -215,7 +221,7 @@ def main(argv):
         progress=progress,
     )
     paths = benchmark.write_outputs(result, _OUTPUT_DIR.value)
-    print(benchmark.markdown_table(result))
+    print(reporting.markdown_table(result))
     bad = [r["model"] for r in result["results"] if not r["threads_ok"]]
     if bad:
         print(f"WARNING: the thread check failed for {bad}.")

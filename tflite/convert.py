@@ -27,12 +27,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from keras_shufflenet import data  # noqa: E402
 from keras_shufflenet import lite  # noqa: E402
+from keras_shufflenet.lite import conversion  # noqa: E402
+from keras_shufflenet.lite import evaluation  # noqa: E402
+from keras_shufflenet.lite import model_flags  # noqa: E402
+from keras_shufflenet.lite import saved_model  # noqa: E402
 from keras_shufflenet.utils.cli import exit_on_errors  # noqa: E402
 from keras_shufflenet.utils.cli import run_on_tensorflow  # noqa: E402
 
 run_on_tensorflow(os.path.basename(__file__))
 
-lite.define_model_flags("to convert")
+model_flags.define_model_flags("to convert")
 _IMAGE_SIZE = flags.DEFINE_integer(
     "image_size", None,
     "Input side. Defaults to the model's fixed input size, or 224.",
@@ -40,11 +44,11 @@ _IMAGE_SIZE = flags.DEFINE_integer(
 _OUTPUT = flags.DEFINE_string("output", None, "The .tflite to write.")
 _MODE = flags.DEFINE_enum("mode", "float32", lite.MODES, "Conversion mode.")
 _INPUT_TYPE = flags.DEFINE_enum(
-    "input_type", "float32", lite.INPUT_TYPES,
+    "input_type", "float32", conversion.INPUT_TYPES,
     "int8 mode: input tensor type (int8/uint8 take pixel frames directly).",
 )
 _OUTPUT_TYPE = flags.DEFINE_enum(
-    "output_type", "float32", lite.OUTPUT_TYPES,
+    "output_type", "float32", conversion.OUTPUT_TYPES,
     "int8 mode: output tensor type.",
 )
 _QUANTIZER = flags.DEFINE_enum(
@@ -70,7 +74,7 @@ _LOGITS = flags.DEFINE_bool(
     "logits", False, "Drop the final softmax; the model outputs logits."
 )
 _NUM_CALIBRATION_IMAGES = flags.DEFINE_integer(
-    "num_calibration_images", lite.DEFAULT_NUM_CALIBRATION_IMAGES,
+    "num_calibration_images", saved_model.DEFAULT_NUM_CALIBRATION_IMAGES,
     "int8/int16x8 modes: images used to calibrate.",
 )
 data.define_input_flags("int8/int16x8 modes: calibration data source.")
@@ -105,8 +109,8 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TF's export chatter.
-    model = lite.model_from_flags(_IMAGE_SIZE.value or 224)
-    size = lite.input_size(model, _IMAGE_SIZE.value)
+    model = model_flags.model_from_flags(_IMAGE_SIZE.value or 224)
+    size = saved_model.input_size(model, _IMAGE_SIZE.value)
     if size[0] != size[1]:
         raise app.UsageError(f"Square inputs only. Received: {size}")
     quantized = _MODE.value in ("int8", "int16x8")
@@ -160,7 +164,7 @@ def main(argv):
     report = {"model": model.name, "tflite": _OUTPUT.value,
               "settings": settings, **report}
     report_path = _REPORT.value or _OUTPUT.value + ".json"
-    lite.write_report(report, report_path)
+    evaluation.write_report(report, report_path)
     print(lite.format_report(report, f"{_OUTPUT.value} ({model.name})"))
     print(f"Report: {report_path}")
     if _DEBUG_CSV.value:

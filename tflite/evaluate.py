@@ -28,6 +28,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from keras_shufflenet import data  # noqa: E402
 from keras_shufflenet import lite  # noqa: E402
+from keras_shufflenet.lite import evaluation  # noqa: E402
+from keras_shufflenet.lite import model_flags  # noqa: E402
+from keras_shufflenet.lite import saved_model  # noqa: E402
 from keras_shufflenet.utils.cli import exit_on_errors  # noqa: E402
 from keras_shufflenet.utils.cli import run_on_tensorflow  # noqa: E402
 
@@ -37,14 +40,14 @@ _TFLITE = flags.DEFINE_string("tflite", None, "The .tflite to evaluate.")
 _VARIANTS = flags.DEFINE_list(
     "variants", [],
     "Instead of --tflite: convert the Keras model in these ways and compare "
-    f"them; 'all' or names from {sorted(lite.CONVERSION_VARIANTS)}.",
+    f"them; 'all' or names from {sorted(evaluation.CONVERSION_VARIANTS)}.",
 )
 _CALIBRATION_SPLIT = flags.DEFINE_enum(
     "calibration_split", "train", ["train", "eval"],
     "--variants: split whose centre crops calibrate int8.",
 )
 _NUM_CALIBRATION_IMAGES = flags.DEFINE_integer(
-    "num_calibration_images", lite.DEFAULT_NUM_CALIBRATION_IMAGES,
+    "num_calibration_images", saved_model.DEFAULT_NUM_CALIBRATION_IMAGES,
     "--variants: images used to calibrate int8.",
 )
 _IMAGE_SIZE = flags.DEFINE_integer(
@@ -52,7 +55,7 @@ _IMAGE_SIZE = flags.DEFINE_integer(
     "--variants: input side. Defaults to the model's, or 224.",
 )
 _PLOT = flags.DEFINE_string("plot", None, "--variants: write a PNG here.")
-lite.define_model_flags("to compare with (--variants)", scale=None)
+model_flags.define_model_flags("to compare with (--variants)", scale=None)
 data.define_input_flags("Evaluation data source.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 50, "Keras batch size.")
 _MAX_EXAMPLES = flags.DEFINE_integer(
@@ -76,23 +79,23 @@ def _progress(message):
 
 
 def _compare_variants():
-    keras_model = lite.model_from_flags(_IMAGE_SIZE.value or 224)
+    keras_model = model_flags.model_from_flags(_IMAGE_SIZE.value or 224)
     if keras_model is None:
         raise app.UsageError("--variants needs --model, or --scale/--weights.")
-    (size, _) = lite.input_size(keras_model, _IMAGE_SIZE.value)
+    (size, _) = saved_model.input_size(keras_model, _IMAGE_SIZE.value)
     variants = _VARIANTS.value
     if variants == ["all"]:
-        variants = list(lite.CONVERSION_VARIANTS)
+        variants = list(evaluation.CONVERSION_VARIANTS)
     config = _input_config(size)
     calibration = None
-    unknown = sorted(set(variants) - set(lite.CONVERSION_VARIANTS))
+    unknown = sorted(set(variants) - set(evaluation.CONVERSION_VARIANTS))
     if unknown:
         raise app.UsageError(
             f"Unknown --variants {unknown}; choose from "
-            f"{sorted(lite.CONVERSION_VARIANTS)} or 'all'."
+            f"{sorted(evaluation.CONVERSION_VARIANTS)} or 'all'."
         )
     # The AI Edge Quantizer variant has no converter mode: it is int8.
-    if any(lite.CONVERSION_VARIANTS[v].get("mode", "int8") == "int8"
+    if any(evaluation.CONVERSION_VARIANTS[v].get("mode", "int8") == "int8"
            for v in variants):
         calibration = lite.calibration_images(
             config, _NUM_CALIBRATION_IMAGES.value, _CALIBRATION_SPLIT.value
@@ -100,7 +103,7 @@ def _compare_variants():
         _progress(f"Calibrating int8 on {len(calibration)} "
                   f"{_CALIBRATION_SPLIT.value} images.")
     pipeline = data.InputPipeline(config)
-    rows = lite.compare_conversions(
+    rows = evaluation.compare_conversions(
         keras_model,
         pipeline.dataset(False, _BATCH_SIZE.value),
         calibration_data=calibration,
@@ -120,10 +123,10 @@ def _compare_variants():
         "variants": rows,
     }
     if _OUTPUT_JSON.value:
-        lite.write_report(result, _OUTPUT_JSON.value)
+        evaluation.write_report(result, _OUTPUT_JSON.value)
     if _PLOT.value:
-        lite.plot_conversions(rows, _PLOT.value, keras_model.name)
-    print(lite.format_conversion_table(rows))
+        evaluation.plot_conversions(rows, _PLOT.value, keras_model.name)
+    print(evaluation.format_conversion_table(rows))
 
 
 def main(argv):
@@ -144,7 +147,7 @@ def main(argv):
     total = pipeline.num_examples(False)
     if _MAX_EXAMPLES.value:
         total = min(total, _MAX_EXAMPLES.value)
-    keras_model = lite.model_from_flags(height)
+    keras_model = model_flags.model_from_flags(height)
     start = time.perf_counter()
 
     def progress(done):
@@ -162,8 +165,8 @@ def main(argv):
     )
     results = {"tflite": _TFLITE.value, **results}
     if _OUTPUT_JSON.value:
-        lite.write_report(results, _OUTPUT_JSON.value)
-    print(lite.format_evaluation(results))
+        evaluation.write_report(results, _OUTPUT_JSON.value)
+    print(evaluation.format_evaluation(results))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ import dataclasses
 
 import tensorflow as tf
 from absl import flags
-from absl import logging
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Labels of the Cloud TPU ImageNet conversion script run 1..1000 (0 is unused
@@ -213,24 +212,21 @@ class InputConfig:
 
 
 # The source flags of programs that read data: `--data.<field>` for these
-# `InputConfig` fields, the spelling of the training programs' config
-# flags. The second name is the flag's spelling before 0.2, still read.
+# `InputConfig` fields, as the training programs spell their config flags.
 _SOURCE_FLAGS = (
-    ("source", "data_source", "enum", None, None),
-    ("name", "data_name", "string", None, "TFDS dataset name."),
-    ("data_dir", "data_dir", "string", None, "TFDS data directory."),
-    ("train_split", "train_split", "string", "train", "TFDS training split."),
-    ("eval_split", "eval_split", "string", "validation",
-     "TFDS evaluation split."),
-    ("train_path", "train_path", "string", None,
+    ("source", "enum", None, None),
+    ("name", "string", None, "TFDS dataset name."),
+    ("data_dir", "string", None, "TFDS data directory."),
+    ("train_split", "string", "train", "TFDS training split."),
+    ("eval_split", "string", "validation", "TFDS evaluation split."),
+    ("train_path", "string", None,
      "Class folders or TFRecord files (train split)."),
-    ("eval_path", "eval_path", "string", None,
+    ("eval_path", "string", None,
      "Class folders or TFRecord files (eval split)."),
-    ("num_classes", "num_classes", "integer", None,
-     "Classes of a TFRecord source."),
-    ("label_offset", "label_offset", "integer",
-     IMAGENET_TFRECORD_LABEL_OFFSET, "Subtracted from TFRecord labels."),
-    ("crop_fraction", "crop_fraction", "float", DEFAULT_CROP_FRACTION,
+    ("num_classes", "integer", None, "Classes of a TFRecord source."),
+    ("label_offset", "integer", IMAGENET_TFRECORD_LABEL_OFFSET,
+     "Subtracted from TFRecord labels."),
+    ("crop_fraction", "float", DEFAULT_CROP_FRACTION,
      "Evaluation centre crop side over the shorter image side."),
 )
 
@@ -242,24 +238,20 @@ def define_input_flags(data_source_help, flag_values=flags.FLAGS):
     programs spell them: `--data.source`, `--data.name`, `--data.data_dir`,
     `--data.train_split`, `--data.eval_split`, `--data.train_path`,
     `--data.eval_path`, `--data.num_classes`, `--data.label_offset` and
-    `--data.crop_fraction`. The old spellings (`--data_source`,
-    `--train_path`, ...) are still read, with a warning. Read them back
-    with `input_config_from_flags`.
+    `--data.crop_fraction`. Read them back with `input_config_from_flags`.
 
     Args:
         data_source_help: Help text of `--data.source`, saying what the
             program uses the data for.
         flag_values: The `FlagValues` to define them in.
     """
-    for field, old, kind, default, help_text in _SOURCE_FLAGS:
-        help_text = help_text or data_source_help
+    for field, kind, default, help_text in _SOURCE_FLAGS:
         extra = {"enum_values": list(SOURCES)} if kind == "enum" else {}
-        define = getattr(flags, f"DEFINE_{kind}")
-        define(name=f"data.{field}", default=default, help=help_text,
-               flag_values=flag_values, **extra)
-        define(name=old, default=None,
-               help=f"Deprecated spelling of --data.{field}.",
-               flag_values=flag_values, **extra)
+        getattr(flags, f"DEFINE_{kind}")(
+            name=f"data.{field}", default=default,
+            help=help_text or data_source_help, flag_values=flag_values,
+            **extra,
+        )
 
 
 def input_config_from_flags(image_size, flag_values=flags.FLAGS):
@@ -271,25 +263,11 @@ def input_config_from_flags(image_size, flag_values=flags.FLAGS):
 
     Returns:
         An `InputConfig`.
-
-    Raises:
-        ValueError: A flag is given in both spellings with two values.
     """
-    values = {}
-    for field, old, _, _, _ in _SOURCE_FLAGS:
-        new = flag_values[f"data.{field}"]
-        value = new.value
-        if flag_values[old].present:
-            if new.present and new.value != flag_values[old].value:
-                raise ValueError(
-                    f"--{old} is the old spelling of --data.{field}; give "
-                    f"one. Received: --{old}={flag_values[old].value!r}, "
-                    f"--data.{field}={new.value!r}"
-                )
-            logging.warning(
-                "--%s is deprecated and will be removed in a future "
-                "release; use --data.%s.", old, field,
-            )
-            value = flag_values[old].value
-        values[field] = value
-    return InputConfig(image_size=image_size, **values)
+    return InputConfig(
+        image_size=image_size,
+        **{
+            field: flag_values[f"data.{field}"].value
+            for field, *_ in _SOURCE_FLAGS
+        },
+    )

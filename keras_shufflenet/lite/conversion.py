@@ -11,12 +11,6 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from keras_shufflenet.lite.converter import check_images
-from keras_shufflenet.lite.converter import debug_options
-from keras_shufflenet.lite.converter import make_converter
-from keras_shufflenet.lite.converter import quantization_debugger
-from keras_shufflenet.lite.converter import run_converter
-from keras_shufflenet.lite.converter import write_layer_csv
 from keras_shufflenet.lite.inspection import check_builtin_ops
 from keras_shufflenet.lite.inspection import make_interpreter
 from keras_shufflenet.lite.inspection import model_bytes
@@ -26,6 +20,12 @@ from keras_shufflenet.lite.saved_model import SIGNATURE_KEY
 from keras_shufflenet.lite.saved_model import export_saved_model
 from keras_shufflenet.lite.saved_model import logits_model
 from keras_shufflenet.lite.saved_model import saved_model_input_size
+from keras_shufflenet.lite.tflite_converter import check_images
+from keras_shufflenet.lite.tflite_converter import debug_options
+from keras_shufflenet.lite.tflite_converter import make_converter
+from keras_shufflenet.lite.tflite_converter import quantization_debugger
+from keras_shufflenet.lite.tflite_converter import run_converter
+from keras_shufflenet.lite.tflite_converter import write_layer_csv
 from keras_shufflenet.utils.checks import check_choice
 from keras_shufflenet.utils.files import write_atomic
 

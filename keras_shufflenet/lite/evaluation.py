@@ -11,7 +11,6 @@ import numpy as np
 
 from keras_shufflenet.lite.conversion import convert_saved_model
 from keras_shufflenet.lite.conversion import quantize_with_ai_edge_quantizer
-from keras_shufflenet.lite.converter import check_images
 from keras_shufflenet.lite.inspection import PASS_THROUGH_OPS
 from keras_shufflenet.lite.inspection import make_interpreter
 from keras_shufflenet.lite.inspection import model_bytes
@@ -20,6 +19,7 @@ from keras_shufflenet.lite.inspection import read_flatbuffer
 from keras_shufflenet.lite.inspection import xnnpack_coverage
 from keras_shufflenet.lite.saved_model import export_saved_model
 from keras_shufflenet.lite.saved_model import logits_model
+from keras_shufflenet.lite.tflite_converter import check_images
 from keras_shufflenet.utils.checks import check_choice
 from keras_shufflenet.utils.files import write_atomic
 from keras_shufflenet.utils.plots import pyplot

@@ -5,7 +5,7 @@
 
 from absl import flags
 
-from keras_shufflenet.lite.saved_model import load_model
+from keras_shufflenet.lite.saved_model import load_or_build_model
 
 
 def define_model_flags(purpose, flag_values=flags.FLAGS, scale=1.0):
@@ -53,10 +53,10 @@ def model_from_flags(image_size, flag_values=flags.FLAGS):
     """
     f = flag_values
     if f.model:
-        return load_model(f.model)
+        return load_or_build_model(f.model)
     if f.scale is None and f.weights is None:
         return None
-    return load_model(
+    return load_or_build_model(
         weights=f.weights,
         image_size=image_size,
         scale=1.0 if f.scale is None else f.scale,

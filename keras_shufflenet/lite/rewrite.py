@@ -9,7 +9,6 @@ from keras import ops
 
 from keras_shufflenet.models.graph import PerGroupGraph
 from keras_shufflenet.models.graph import fusable_layers
-from keras_shufflenet.models.graph import is_static_normalization
 from keras_shufflenet.models.layers import PACKAGE
 from keras_shufflenet.models.layers import ChannelShuffle
 from keras_shufflenet.models.layers import set_group_conv_implementation
@@ -17,6 +16,9 @@ from keras_shufflenet.models.lowering import LOWERINGS
 from keras_shufflenet.models.lowering import DeferredChannelShuffle
 from keras_shufflenet.models.lowering import PermutedDepthwiseConv2D
 from keras_shufflenet.models.lowering import ShufflingBatchNormalization
+from keras_shufflenet.models.lowering import tiled_normalization
+from keras_shufflenet.models.parts import derived_name
+from keras_shufflenet.models.parts import network_parts
 
 # The rewrites `deployment_model` knows, in the order of the docs.
 REWRITES = (
@@ -169,13 +171,6 @@ def _inputs(layer):
         return []
 
 
-def _single_consumer(consumers, layer, kind):
-    found = consumers.get(id(layer.output), [])
-    if len(found) == 1 and isinstance(found[0], kind):
-        return found[0]
-    return None
-
-
 def _unfused_paddings(model):
     """`ZeroPadding2D` layers that XNNPACK cannot fuse into a consumer.
 
@@ -210,35 +205,27 @@ def _unfused_paddings(model):
 
 
 def _shuffle_moves(model):
-    """Finds shuffle -> pad -> stride-2 depthwise -> batch norm chains.
+    """The stride-2 units whose shuffle can move after the depthwise conv.
 
     Returns:
-        A dict from each such `ChannelShuffle` to its `(depthwise, batch
-        norm)` pair.
+        A dict from each such unit's `ChannelShuffle` to its `(depthwise,
+        batch norm)` pair.
     """
-    consumers = _consumers(model)
     moves = {}
-    for layer in model.layers:
-        if not isinstance(layer, ChannelShuffle):
-            continue
-        if layer.data_format != "channels_last" or _inputs(layer) == []:
-            continue
-        pad = _single_consumer(consumers, layer, keras.layers.ZeroPadding2D)
-        if pad is None:
-            continue
-        conv = _single_consumer(
-            consumers, pad, keras.layers.DepthwiseConv2D
+    for unit in network_parts(model, require=()).units:
+        shuffle, conv, norm = (
+            unit.get(role) for role in ("shuffle", "dwconv", "dwconv_bn")
         )
-        if conv is None or conv.depth_multiplier != 1 or tuple(
-            conv.strides
-        ) == (1, 1):
-            continue
-        norm = _single_consumer(
-            consumers, conv, keras.layers.BatchNormalization
-        )
-        if norm is None or norm.axis not in (-1, 3, [3], [-1]):
-            continue
-        moves[layer] = (conv, norm)
+        if (
+            unit.stride == 2
+            and isinstance(shuffle, ChannelShuffle)
+            and shuffle.data_format == "channels_last"
+            and isinstance(conv, keras.layers.DepthwiseConv2D)
+            and conv.depth_multiplier == 1
+            and isinstance(norm, keras.layers.BatchNormalization)
+            and norm.axis in (-1, 3, [3], [-1])
+        ):
+            moves[shuffle] = (conv, norm)
     return moves
 
 
@@ -292,7 +279,9 @@ def _layer_classes(model, rewrites):
     unfused = _unfused_paddings(model)
     classes = {}
     for layer in model.layers:
-        if is_static_normalization(layer) and layer.input_mean is not None:
+        if tiled_normalization(layer) is not None and (
+            layer.input_mean is not None
+        ):
             rewrite, plain = "preprocessing", keras.layers.Normalization
         elif _is_valid_average_pool(layer):
             rewrite, plain = "average_pool", keras.layers.AveragePooling2D
@@ -318,8 +307,6 @@ def _layer_classes(model, rewrites):
 
 def _groupwise_units(model):
     """`model` with its wide stride-1 units as `GroupwiseShuffleUnit`s."""
-    # `fused` imports this module's rewrites, hence the late import.
-
     units, _ = fusable_layers(model, shuffle_slices=False)
     units = {
         gconv1: unit for gconv1, unit in units.items() if _is_groupwise(gconv1)
@@ -331,7 +318,8 @@ def _groupwise_units(model):
         if isinstance(layer, keras.layers.InputLayer) or layer in graph.skipped:
             continue
         if layer in units:
-            graph.call_unit(units[layer], GroupwiseShuffleUnit.from_unit)
+            unit = units[layer]
+            graph.call_unit(unit, GroupwiseShuffleUnit.from_unit(unit))
         else:
             graph.call(layer)
     return graph.model(model.name)
@@ -475,26 +463,22 @@ class GroupwiseShuffleUnit(keras.layers.Layer):
         return config
 
     @classmethod
-    def from_unit(cls, unit, name):
-        """The unit of `fusable_layers`' `unit` dict, weights folded.
-
-        Args:
-            unit: The unit's layers by role (`UNIT_KEYS`).
-            name: The unit's name prefix, e.g. `"stage3_unit2"`.
+    def from_unit(cls, unit):
+        """A stride-1 `parts.Unit` (`fusable_layers`), weights folded.
 
         Returns:
-            A built `GroupwiseShuffleUnit` named `{name}_groupwise`.
+            A built `GroupwiseShuffleUnit` named like `stage3_unit2_groupwise`.
         """
         gconv1, dwconv, gconv2 = (
             unit["gconv1"], unit["dwconv"], unit["gconv2"]
         )
-        shuffle = unit["shuffle"]
+        shuffle = unit.get("shuffle")
         layer = cls(
             gconv1.groups,
             gconv1.filters,
             kernel_size=dwconv.kernel_size[0],
             shuffle_order=None if shuffle is None else shuffle.order,
-            name=f"{name}_groupwise",
+            name=derived_name(unit.name, "groupwise"),
             dtype=gconv1.dtype_policy,
         )
         width = gconv2.filters // gconv1.groups

@@ -13,7 +13,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from keras_shufflenet.data.pipeline import InputPipeline
 from keras_shufflenet.data.sources import load_digits_arrays
 from keras_shufflenet.lite.rewrite import deployment_model
-from keras_shufflenet.models.loading import load_model as load_shufflenet
+from keras_shufflenet.models.loading import load_model
 from keras_shufflenet.models.shufflenet import ShuffleNet
 from keras_shufflenet.utils.checks import check_choice
 
@@ -22,7 +22,7 @@ SIGNATURE_KEY = "serving_default"
 INPUT_NAME = "images"
 
 
-def load_model(
+def load_or_build_model(
     model_path=None,
     weights=None,
     *,
@@ -62,7 +62,7 @@ def load_model(
                 f"model_path={model_path!r}, weights={weights!r}, "
                 f"arguments={sorted(shufflenet_kwargs)}"
             )
-        return load_shufflenet(model_path)
+        return load_model(model_path)
     return ShuffleNet(
         input_shape=(image_size, image_size, 3),
         weights=weights,

@@ -9,7 +9,7 @@ import tempfile
 
 import tensorflow as tf
 
-from keras_shufflenet.lite.converter import representative_dataset
+from keras_shufflenet.lite.tflite_converter import representative_dataset
 from keras_shufflenet.utils.checks import check_choice
 from keras_shufflenet.utils.files import atomic_path
 from keras_shufflenet.utils.files import write_atomic

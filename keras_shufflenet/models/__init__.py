@@ -1,85 +1,38 @@
-"""The model stage: ShuffleNet itself (Table 1 as data, the constructor,
-its layers), its complexity (Tables 1, 2, 5) and the registry of pretrained
-weights. Imports nothing else of this package but `utils`.
+"""The model stage: ShuffleNet v1 itself. Imports nothing else of this
+package but `utils`.
+
+A user of this stage calls:
+
+- `ShuffleNet(scale, groups, se=False, ...)`, the network of Table 1, and
+  `preprocess_input`, `feature_extractor` (section 4.4) and
+  `shufflenet_widths`;
+- its two layers, `ChannelShuffle` and `PointwiseGroupConv2D`, with
+  `shuffle_permutation` and `set_group_conv_implementation`;
+- `complexity`, `complexity_table` and `layer_flops` (Tables 1, 2, 5);
+- `network_parts` and `layer_name`: a built model's stem, units and head
+  by role, the one description every derived graph and converter reads;
+- `load_model` and `load_weights`, which load in safe mode with errors
+  that name the file; `variant_name` and `parse_variant_name`.
+
+The modules hold what other stages use: `lowering` (the layers the model
+lowers to at inference), `graph` (unit analysis for the derived graphs),
+`pretrained` (the registry of named weights) and `checks`.
 """
 
-from keras_shufflenet.models.checks import GROUPS
-from keras_shufflenet.models.checks import MIN_INPUT_SIZE
-from keras_shufflenet.models.checks import check_arguments
-from keras_shufflenet.models.checks import check_input_shape
-from keras_shufflenet.models.checks import check_scale_groups
-from keras_shufflenet.models.checks import check_weights
-from keras_shufflenet.models.complexity import PAPER_MFLOPS
-from keras_shufflenet.models.complexity import PAPER_MFLOPS_BY_SCALE
 from keras_shufflenet.models.complexity import complexity
 from keras_shufflenet.models.complexity import complexity_table
-from keras_shufflenet.models.complexity import format_table
 from keras_shufflenet.models.complexity import layer_flops
-from keras_shufflenet.models.complexity import paper_mflops
-from keras_shufflenet.models.graph import UNIT_KEYS
-from keras_shufflenet.models.graph import PerGroupGraph
-from keras_shufflenet.models.graph import full_precision
-from keras_shufflenet.models.graph import fusable_layers
-from keras_shufflenet.models.graph import is_plain_batch_norm
-from keras_shufflenet.models.graph import is_plain_relu
-from keras_shufflenet.models.graph import is_static_normalization
-from keras_shufflenet.models.graph import shuffle_plan
-from keras_shufflenet.models.graph import tiled_rescaling
-from keras_shufflenet.models.layers import GROUP_CONV_IMPLEMENTATIONS
-from keras_shufflenet.models.layers import PACKAGE
-from keras_shufflenet.models.layers import SHUFFLE_ORDERS
 from keras_shufflenet.models.layers import ChannelShuffle
 from keras_shufflenet.models.layers import PointwiseGroupConv2D
-from keras_shufflenet.models.layers import SplitChannels
-from keras_shufflenet.models.layers import iter_layers
 from keras_shufflenet.models.layers import set_group_conv_implementation
 from keras_shufflenet.models.layers import shuffle_permutation
 from keras_shufflenet.models.loading import load_model
 from keras_shufflenet.models.loading import load_weights
-from keras_shufflenet.models.lowering import LOWERINGS
-from keras_shufflenet.models.lowering import DeferredChannelShuffle
-from keras_shufflenet.models.lowering import DepthwiseAveragePooling2D
-from keras_shufflenet.models.lowering import ImageNormalization
-from keras_shufflenet.models.lowering import PermutedDepthwiseConv2D
-from keras_shufflenet.models.lowering import RowZeroPadding2D
-from keras_shufflenet.models.lowering import ShufflingBatchNormalization
 from keras_shufflenet.models.naming import parse_variant_name
 from keras_shufflenet.models.naming import variant_name
-from keras_shufflenet.models.pretrained import OFFICIAL_BAIDUYUN
-from keras_shufflenet.models.pretrained import OFFICIAL_COMPLEXITY
-from keras_shufflenet.models.pretrained import OFFICIAL_MODEL_KWARGS
-from keras_shufflenet.models.pretrained import OFFICIAL_ONEDRIVE
-from keras_shufflenet.models.pretrained import OFFICIAL_PREFIX
-from keras_shufflenet.models.pretrained import OFFICIAL_PREPROCESSING
-from keras_shufflenet.models.pretrained import OFFICIAL_REPOSITORY
-from keras_shufflenet.models.pretrained import REGISTRY
-from keras_shufflenet.models.pretrained import PretrainedWeights
-from keras_shufflenet.models.pretrained import convert_command
-from keras_shufflenet.models.pretrained import find
-from keras_shufflenet.models.pretrained import get
-from keras_shufflenet.models.pretrained import local_path
-from keras_shufflenet.models.pretrained import model_kwargs
-from keras_shufflenet.models.pretrained import names
-from keras_shufflenet.models.pretrained import official_name
-from keras_shufflenet.models.pretrained import resolve_weights
-from keras_shufflenet.models.pretrained import weights_dir
-from keras_shufflenet.models.shufflenet import BN_EPSILON
-from keras_shufflenet.models.shufflenet import BN_MOMENTUM
-from keras_shufflenet.models.shufflenet import BOTTLENECK_RATIO
-from keras_shufflenet.models.shufflenet import IMAGENET_MEAN
-from keras_shufflenet.models.shufflenet import IMAGENET_STD
-from keras_shufflenet.models.shufflenet import OFFICIAL_WIDTHS
-from keras_shufflenet.models.shufflenet import SE_REDUCTION
-from keras_shufflenet.models.shufflenet import SHALLOW_STAGE_REPEATS
-from keras_shufflenet.models.shufflenet import STAGE2_WIDTHS
-from keras_shufflenet.models.shufflenet import STAGE_REPEATS
-from keras_shufflenet.models.shufflenet import STEM_WIDTH
+from keras_shufflenet.models.parts import layer_name
+from keras_shufflenet.models.parts import network_parts
 from keras_shufflenet.models.shufflenet import ShuffleNet
-from keras_shufflenet.models.shufflenet import backend_runs_channels_first_conv
-from keras_shufflenet.models.shufflenet import bottleneck_width
 from keras_shufflenet.models.shufflenet import feature_extractor
 from keras_shufflenet.models.shufflenet import preprocess_input
-from keras_shufflenet.models.shufflenet import round_to_multiple
-from keras_shufflenet.models.shufflenet import shufflenet_unit
 from keras_shufflenet.models.shufflenet import shufflenet_widths
-from keras_shufflenet.models.shufflenet import stage_output_layer_names

@@ -1,7 +1,7 @@
 """Graph analysis shared by the fast training graph (`training.fused`) and
-the deployment graph (`lite.rewrite`): which layers form a ShuffleNet
-unit, how a shuffle regroups per-group channels, and a builder that
-rewires a functional model around per-group tensors.
+the deployment graph (`lite.rewrite`): which units of a ShuffleNet
+(`models.parts`) can fuse, how a shuffle regroups per-group channels, and
+a builder that rewires a functional model around per-group tensors.
 """
 
 import keras
@@ -11,45 +11,8 @@ from keras_shufflenet.models.layers import ChannelShuffle
 from keras_shufflenet.models.layers import PointwiseGroupConv2D
 from keras_shufflenet.models.layers import SplitChannels
 from keras_shufflenet.models.layers import shuffle_permutation
-
-
-def is_static_normalization(layer):
-    if not isinstance(layer, keras.layers.Normalization):
-        return False
-    if keras.config.image_data_format() != "channels_last":
-        return False
-    shape = layer.input.shape
-    axis = tuple(layer.axis) if isinstance(layer.axis, (list, tuple)) else (
-        layer.axis,
-    )
-    return (
-        len(shape) == 4
-        and axis in ((-1,), (3,))
-        and not layer.invert
-        and shape[2] is not None
-        and shape[3] is not None
-    )
-
-
-def tiled_rescaling(layer):
-    """`Rescaling` computing `layer`'s normalisation, tiled over width."""
-    width, channels = layer.input.shape[2], layer.input.shape[3]
-    mean = np.reshape(keras.ops.convert_to_numpy(layer.mean), (-1,))
-    variance = np.reshape(keras.ops.convert_to_numpy(layer.variance), (-1,))
-    # Normalization divides by max(sqrt(variance), epsilon).
-    std = np.maximum(np.sqrt(variance), keras.config.epsilon())
-    mean = np.broadcast_to(mean, (channels,))
-    std = np.broadcast_to(std, (channels,))
-    scale = np.tile(1.0 / std, (width, 1)).astype("float32").tolist()
-    offset = np.tile(-mean / std, (width, 1)).astype("float32").tolist()
-    return keras.layers.Rescaling(scale, offset, name=layer.name)
-
-
-# A unit's layers in order, as `FusedShuffleUnit` takes them.
-UNIT_KEYS = (
-    "gconv1", "gconv1_bn", "shuffle", "dwconv", "dwconv_bn", "gconv2",
-    "gconv2_bn",
-)
+from keras_shufflenet.models.parts import derived_name
+from keras_shufflenet.models.parts import network_parts
 
 
 def is_plain_batch_norm(layer):
@@ -79,36 +42,33 @@ def full_precision(*layers):
     return dtypes in ({"float32"}, {"float64"})
 
 
-def _unit_layers(model, prefix, shuffle_slices=True):
-    """The layers of a ShuffleNet unit by role, or None if not fusable.
+def _is_channels_last_group_conv(layer):
+    return (
+        isinstance(layer, PointwiseGroupConv2D)
+        and not layer.use_bias
+        and layer.data_format == "channels_last"
+    )
+
+
+def _fusable_unit(unit, shuffle_slices):
+    """Whether a `parts.Unit` is a stride-1 unit that fuses whole.
 
     `shuffle_slices` also requires the shuffle to regroup the bottleneck
     as contiguous slices (`shuffle_plan`), as `FusedShuffleUnit` does.
     """
-
-    def get(suffix):
-        try:
-            return model.get_layer(f"{prefix}_{suffix}")
-        except ValueError:
-            return None
-
-    unit = {
-        key: get(key) for key in UNIT_KEYS + ("gconv1_relu", "add", "relu")
-    }
-    required = [v for k, v in unit.items() if k != "shuffle"]
-    if any(layer is None for layer in required):
-        return None
-    if get("se_squeeze") is not None:
-        return None
+    needed = (
+        "gconv1", "gconv1_bn", "gconv1_relu", "dwconv", "dwconv_bn",
+        "gconv2", "gconv2_bn", "add", "relu",
+    )
+    if unit.stride != 1 or unit.has_se or any(r not in unit.layers
+                                              for r in needed):
+        return False
     gconv1, gconv2, dwconv = unit["gconv1"], unit["gconv2"], unit["dwconv"]
+    shuffle = unit.get("shuffle")
     ok = (
-        isinstance(gconv1, PointwiseGroupConv2D)
-        and isinstance(gconv2, PointwiseGroupConv2D)
+        _is_channels_last_group_conv(gconv1)
+        and _is_channels_last_group_conv(gconv2)
         and gconv1.groups == gconv2.groups
-        and not gconv1.use_bias
-        and not gconv2.use_bias
-        and gconv1.data_format == "channels_last"
-        and gconv2.data_format == "channels_last"
         and isinstance(dwconv, keras.layers.DepthwiseConv2D)
         and not dwconv.use_bias
         and dwconv.depth_multiplier == 1
@@ -124,31 +84,25 @@ def _unit_layers(model, prefix, shuffle_slices=True):
         and is_plain_relu(unit["relu"])
         and isinstance(unit["add"], keras.layers.Add)
         and (
-            unit["shuffle"] is None
-            or isinstance(unit["shuffle"], ChannelShuffle)
-            and unit["shuffle"].data_format == "channels_last"
+            shuffle is None
+            or isinstance(shuffle, ChannelShuffle)
+            and shuffle.data_format == "channels_last"
         )
-        and full_precision(*[v for v in unit.values() if v is not None])
+        and full_precision(*unit.layers.values())
         # The unit's input feeds gconv1 and the identity, nothing else.
         and unit["add"].input[0] is gconv1.input
     )
-    if not ok:
-        return None
-    if shuffle_slices and shuffle_plan(
-        gconv1.filters, gconv1.groups, unit["shuffle"]
-    ) is None:
-        return None
-    return unit
+    return ok and not (
+        shuffle_slices
+        and shuffle_plan(gconv1.filters, gconv1.groups, shuffle) is None
+    )
 
 
-def _tail_layers(model, prefix):
+def _fusable_tail(unit):
     """`(dwconv_bn, gconv2, gconv2_bn)` of a unit if they can fuse."""
     try:
-        layers = [
-            model.get_layer(f"{prefix}_{k}")
-            for k in ("dwconv_bn", "gconv2", "gconv2_bn")
-        ]
-    except ValueError:
+        layers = [unit[k] for k in ("dwconv_bn", "gconv2", "gconv2_bn")]
+    except KeyError:
         return None
     dw_norm, conv, norm = layers
     ok = (
@@ -177,7 +131,8 @@ def fusable_layers(model, shuffle_slices=True):
     """The stride-1 units and branch tails of a ShuffleNet that can fuse.
 
     Args:
-        model: A functional model from `ShuffleNet(...)`.
+        model: A functional model from `ShuffleNet(...)`; other models have
+            nothing to fuse.
         shuffle_slices: Whether a unit's shuffle must map the groups to
             contiguous slices (`shuffle_plan`), which `FusedShuffleUnit`
             needs; units failing only that count as tails. Defaults to
@@ -185,24 +140,20 @@ def fusable_layers(model, shuffle_slices=True):
 
     Returns:
         `(units, tails)`: `units` maps each fusable unit's first group conv
-        to the dict of its layers by role (`UNIT_KEYS`, plus
-        `"gconv1_relu"`, `"add"` and `"relu"`); `tails` maps the depthwise
-        batch norm of every other fusable branch to `(dwconv_bn, gconv2,
-        gconv2_bn)`. Both are empty for channels-first models.
+        to its `parts.Unit`; `tails` maps the depthwise batch norm of every
+        other fusable branch to `(dwconv_bn, gconv2, gconv2_bn)`. Both are
+        empty for channels-first models.
     """
     units, tails = {}, {}
     if keras.config.image_data_format() != "channels_last":
         return units, tails
-    for layer in model.layers:
-        if layer.name.endswith("_dwconv_bn"):
-            prefix = layer.name[: -len("_dwconv_bn")]
-            unit = _unit_layers(model, prefix, shuffle_slices)
-            if unit is not None:
-                units[unit["gconv1"]] = unit
-                continue
-            tail = _tail_layers(model, prefix)
-            if tail is not None:
-                tails[tail[0]] = tail
+    for unit in network_parts(model, require=()).units:
+        if _fusable_unit(unit, shuffle_slices):
+            units[unit["gconv1"]] = unit
+            continue
+        tail = _fusable_tail(unit)
+        if tail is not None:
+            tails[tail[0]] = tail
     return units, tails
 
 
@@ -250,8 +201,8 @@ class PerGroupGraph:
         outputs = (replacement or layer)(self.resolve(layer.input))
         keras.tree.map_structure(self.set, layer.output, outputs)
 
-    def call_unit(self, unit, make_layer):
-        """Runs a unit as `make_layer(unit, name)` on per-group tensors.
+    def call_unit(self, unit, replacement):
+        """Runs a `parts.Unit` as `replacement` on per-group tensors.
 
         The unit's input is split into its groups unless it already comes
         as a list; its output stays a list, and its layers are skipped.
@@ -260,12 +211,11 @@ class PerGroupGraph:
         value = self.value(gconv1.input)
         if not isinstance(value, list):
             value = SplitChannels(
-                gconv1.groups, name=f"{gconv1.name}_split"
+                gconv1.groups, name=derived_name(gconv1.name, "split")
             )(value)
-        name = gconv1.name[: -len("_gconv1")]
-        outputs = make_layer(unit, name)(list(value))
+        outputs = replacement(list(value))
         self.set(unit["relu"].output, list(outputs))
-        self.skipped.update(v for v in unit.values() if v is not None)
+        self.skipped.update(unit.layers.values())
 
     def model(self, name):
         outputs = self.resolve(self._model.output)

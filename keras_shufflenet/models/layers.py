@@ -14,7 +14,9 @@ SHUFFLE_ORDERS = ("paper", "official")
 GROUP_CONV_IMPLEMENTATIONS = ("split", "grouped", "dense")
 
 
-def _channel_axis(data_format):
+def channel_axis(data_format=None):
+    """The channel axis, -1 or 1, of `data_format` (default: Keras')."""
+    data_format = data_format or keras.config.image_data_format()
     return -1 if data_format == "channels_last" else 1
 
 
@@ -57,7 +59,7 @@ def _reshape_target(x):
     return ops.shape(x)
 
 
-def shuffle_permutation(channels, groups, order="paper"):
+def shuffle_permutation(channels, groups, order="paper", inverse=False):
     """Returns the channel order that `ChannelShuffle` produces.
 
     Reference:
@@ -69,10 +71,16 @@ def shuffle_permutation(channels, groups, order="paper"):
         order: `"paper"` (reshape to (g, n)) or `"official"` (the official
             release's reshape to (n, g), the inverse permutation).
             Defaults to `"paper"`.
+        inverse: Return the inverse permutation, `inv` with
+            `input[..., i] = output[..., inv[i]]`. Defaults to False.
 
     Returns:
         A list `perm` with `output[..., i] = input[..., perm[i]]`.
     """
+    if inverse:
+        # The two orders are each other's inverses.
+        other = {"paper": "official", "official": "paper"}.get(order, order)
+        return shuffle_permutation(channels, groups, other)
     if channels % groups:
         raise ValueError(
             f"The number of channels ({channels}) must be divisible by "
@@ -153,7 +161,7 @@ class ChannelShuffle(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     def build(self, input_shape):
-        channels = input_shape[_channel_axis(self.data_format)]
+        channels = input_shape[channel_axis(self.data_format)]
         if channels is None:
             raise ValueError(
                 "ChannelShuffle needs a known number of channels. "
@@ -270,7 +278,7 @@ class PointwiseGroupConv2D(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     def build(self, input_shape):
-        axis = _channel_axis(self.data_format)
+        axis = channel_axis(self.data_format)
         channels = input_shape[axis]
         if channels is None or channels % self.groups:
             raise ValueError(
@@ -308,7 +316,7 @@ class PointwiseGroupConv2D(keras.layers.Layer):
 
     def call(self, inputs, training=None):
         kernel = ops.cast(self.kernel, self.compute_dtype)
-        axis = _channel_axis(self.data_format)
+        axis = channel_axis(self.data_format)
         implementation = (
             self.implementation if training else self.inference_implementation
         )
@@ -357,7 +365,7 @@ class PointwiseGroupConv2D(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         shape = list(input_shape)
-        shape[_channel_axis(self.data_format)] = self.filters
+        shape[channel_axis(self.data_format)] = self.filters
         return tuple(shape)
 
     def get_config(self):

@@ -37,6 +37,46 @@ def _static_channels_last(layer, shape):
     )
 
 
+def tiled_normalization(layer, input_shape=None):
+    """A `Normalization` of images as constants tiled over the width.
+
+    Args:
+        layer: A layer, usually a built `keras.layers.Normalization`.
+        input_shape: The shape of its input. Defaults to `layer.input`'s.
+
+    Returns:
+        `(scale, offset)`, float32 arrays of shape `(width, channels)` with
+        `layer(x) == x * scale + offset` at inference, where `layer`
+        normalises the last axis of a rank-4 input with a static width and
+        channel count; else None.
+    """
+    if not isinstance(layer, keras.layers.Normalization):
+        return None
+    shape = tuple(layer.input.shape if input_shape is None else input_shape)
+    axes = tuple(a % len(shape) for a in layer.axis)
+    if len(shape) != 4 or axes != (3,) or layer.invert or None in shape[2:]:
+        return None
+    width, channels = shape[2:]
+    statistics = []
+    for given, variable in (
+        (layer.input_mean, layer.mean),
+        (layer.input_variance, layer.variance),
+    ):
+        value = keras.ops.convert_to_numpy(variable) if given is None else given
+        statistics.append(
+            np.broadcast_to(
+                np.reshape(np.asarray(value, "float64"), (-1,)), (channels,)
+            )
+        )
+    mean, variance = statistics
+    # `Normalization` divides by max(sqrt(variance), epsilon).
+    std = np.maximum(np.sqrt(variance), keras.config.epsilon())
+    return (
+        np.tile(1.0 / std, (width, 1)).astype("float32"),
+        np.tile(-mean / std, (width, 1)).astype("float32"),
+    )
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class ImageNormalization(keras.layers.Normalization):
     """`Normalization` of images by constant per-channel statistics.
@@ -72,30 +112,7 @@ class ImageNormalization(keras.layers.Normalization):
 
     def build(self, input_shape):
         super().build(input_shape)
-        shape = tuple(input_shape)
-        axes = tuple(a % len(shape) for a in self.axis)
-        if (
-            len(shape) != 4
-            or axes != (3,)
-            or self.invert
-            or shape[2] is None
-        ):
-            return
-        width, channels = shape[2], shape[3]
-        mean = np.broadcast_to(
-            np.reshape(np.asarray(self.input_mean, "float64"), (-1,)),
-            (channels,),
-        )
-        variance = np.broadcast_to(
-            np.reshape(np.asarray(self.input_variance, "float64"), (-1,)),
-            (channels,),
-        )
-        # `Normalization` divides by max(sqrt(variance), epsilon).
-        std = np.maximum(np.sqrt(variance), keras.config.epsilon())
-        self._tiled = (
-            np.tile(1.0 / std, (width, 1)).astype("float32"),
-            np.tile(-mean / std, (width, 1)).astype("float32"),
-        )
+        self._tiled = tiled_normalization(self, input_shape)
 
     def call(self, inputs, training=None):
         if training or self._tiled is None:
@@ -200,11 +217,16 @@ def row_zero_padding(inputs, padding):
     )
 
 
-def _inverse_shuffle(channels, groups, order):
+def _inverse_shuffle(layer, channels):
     # `shuffle(x)[..., i] == x[..., perm[i]]`, so a per-channel op on the
     # shuffled tensor equals the op with its weights taken by the inverse
     # permutation on the unshuffled tensor, shuffled after.
-    return np.argsort(shuffle_permutation(channels, groups, order))
+    return np.array(
+        shuffle_permutation(
+            channels, layer.shuffle_groups, layer.shuffle_order, inverse=True
+        ),
+        "int64",
+    )
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -257,9 +279,7 @@ class PermutedDepthwiseConv2D(keras.layers.DepthwiseConv2D):
     def call(self, inputs, training=None):
         if training or self.data_format != "channels_last":
             return super().call(inputs)
-        inverse = _inverse_shuffle(
-            inputs.shape[-1], self.shuffle_groups, self.shuffle_order
-        )
+        inverse = _inverse_shuffle(self, inputs.shape[-1])
         outputs = ops.depthwise_conv(
             inputs,
             ops.take(self.kernel, inverse, axis=2),
@@ -304,9 +324,7 @@ class ShufflingBatchNormalization(keras.layers.BatchNormalization):
             self.center and self.scale
         ):
             return super().call(inputs, training=training, mask=mask)
-        inverse = _inverse_shuffle(
-            inputs.shape[-1], self.shuffle_groups, self.shuffle_order
-        )
+        inverse = _inverse_shuffle(self, inputs.shape[-1])
         dtype = self.moving_mean.dtype
         outputs = ops.batch_normalization(
             ops.cast(inputs, dtype),

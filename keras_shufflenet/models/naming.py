@@ -8,7 +8,6 @@ paper's tables.
 """
 
 import re
-import warnings
 
 _NAME = re.compile(
     r"^(?P<prefix>[a-z][a-z_]*?)_(?P<scale>\d+(?:\.\d+)?)x_g(?P<groups>\d+)"
@@ -48,10 +47,6 @@ def variant_name(
 def parse_variant_name(name, prefix="shufflenet", argument="name"):
     """Reads `variant_name`'s spelling back.
 
-    An old spelling of the scale (`shufflenet_1.00x_g3`, as model names
-    were before 0.2) is read with a `DeprecationWarning` that gives the
-    new one.
-
     Args:
         name: A name such as `"shufflenet_0.5x_g8_shallow_split"`.
         prefix: The expected prefix.
@@ -63,7 +58,8 @@ def parse_variant_name(name, prefix="shufflenet", argument="name"):
         its leading underscore (`"split"` above; `""` if nothing).
 
     Raises:
-        ValueError: `name` is not `<prefix>_<scale>x_g<groups>[_...]`.
+        ValueError: `name` is not `<prefix>_<scale>x_g<groups>[_...]`, with
+            the scale as `variant_name` writes it.
     """
     match = _NAME.match(name) if isinstance(name, str) else None
     if match is None or match["prefix"] != prefix:
@@ -82,16 +78,10 @@ def parse_variant_name(name, prefix="shufflenet", argument="name"):
         "shuffle": not flags["noshuffle"],
         "suffix": "_".join(w for w in words if w not in _FLAGS),
     }
-    canonical = variant_name(
-        parsed["scale"], parsed["groups"], shallow=parsed["shallow"],
-        se=parsed["se"], shuffle=parsed["shuffle"], prefix=prefix,
-    ) + (f"_{parsed['suffix']}" if parsed["suffix"] else "")
-    if f"_{match['scale']}x_" != f"_{parsed['scale']}x_":
-        warnings.warn(
-            f"{argument}={name!r} spells the scale the old way; write "
-            f"{canonical!r}. The old spelling will stop working in a "
-            "future release.",
-            DeprecationWarning,
-            stacklevel=2,
+    if match["scale"] != str(parsed["scale"]):
+        raise ValueError(
+            f"`{argument}` spells the scale as {match['scale']!r}; write it "
+            f"as Python writes the float, {parsed['scale']!r}. Received: "
+            f"{argument}={name!r}"
         )
     return parsed

@@ -11,7 +11,6 @@ import os
 import types
 
 from keras_shufflenet.models.checks import check_weights
-from keras_shufflenet.models.naming import parse_variant_name
 from keras_shufflenet.models.naming import variant_name
 
 OFFICIAL_REPOSITORY = "https://github.com/megvii-model/ShuffleNet-Series"
@@ -36,7 +35,7 @@ OFFICIAL_PREPROCESSING = (
 
 # The model arguments the official weights need: the release's shuffle
 # order, and raw [0, 255] input (no normalisation layer).
-OFFICIAL_MODEL_KWARGS = types.MappingProxyType(
+OFFICIAL_ARCHITECTURE = types.MappingProxyType(
     {"shuffle_order": "official", "include_preprocessing": False}
 )
 
@@ -59,7 +58,7 @@ class PretrainedWeights:
         flops: Multiply-adds at 224x224, as reported by the release.
         params: Parameters, as reported by the release (rounded to 0.1M).
         preprocessing: What the converted model expects as input.
-        model_kwargs: `ShuffleNet` arguments the weights need.
+        architecture: `ShuffleNet` arguments the weights need.
     """
     name: str
     scale: float
@@ -73,7 +72,7 @@ class PretrainedWeights:
     flops: int
     params: int
     preprocessing: str
-    model_kwargs: types.MappingProxyType
+    architecture: types.MappingProxyType
 
     @property
     def top1_accuracy(self):
@@ -121,13 +120,13 @@ def _official(scale, groups, top1_error, top5_error):
         flops=mflops * 1_000_000,
         params=round(mparams * 1_000_000),
         preprocessing=OFFICIAL_PREPROCESSING,
-        model_kwargs=OFFICIAL_MODEL_KWARGS,
+        architecture=OFFICIAL_ARCHITECTURE,
     )
 
 
 # The release's results table (ShuffleNetV1/README.md): top-1 and top-5
 # error (%) on ImageNet val; its FLOPs and parameters are in
-# `complexity.OFFICIAL_COMPLEXITY`.
+# `OFFICIAL_COMPLEXITY` above.
 _ENTRIES = (
     _official(0.5, 3, 42.7, 20.0),
     _official(1.0, 3, 32.2, 12.3),
@@ -160,13 +159,6 @@ def get(name):
     Raises:
         ValueError: `name` is not registered; the message lists the names.
     """
-    if isinstance(name, str) and name not in REGISTRY:
-        try:
-            variant = parse_variant_name(name, OFFICIAL_PREFIX, "weights")
-        except ValueError:
-            variant = None
-        if variant is not None and not variant["suffix"]:
-            name = official_name(variant["scale"], variant["groups"])
     try:
         return REGISTRY[name]
     except (KeyError, TypeError):
@@ -236,7 +228,7 @@ def local_path(entry):
 
 
 
-def model_kwargs(entry, **requested):
+def architecture_options(entry, **requested):
     """The `ShuffleNet` arguments that `entry`'s weights need.
 
     An argument the caller left as None takes the checkpoint's value; one
@@ -245,7 +237,7 @@ def model_kwargs(entry, **requested):
     Args:
         entry: A `PretrainedWeights`, or None for no registered weights.
         **requested: The caller's values of the arguments in
-            `entry.model_kwargs` (None where not given).
+            `entry.architecture` (None where not given).
 
     Returns:
         `requested` with every None filled from `entry` (and left None
@@ -258,7 +250,7 @@ def model_kwargs(entry, **requested):
     if entry is None:
         return dict(requested)
     resolved = dict(requested)
-    for key, needed in entry.model_kwargs.items():
+    for key, needed in entry.architecture.items():
         value = requested.get(key)
         if value is None:
             resolved[key] = needed
@@ -286,7 +278,8 @@ def resolve_weights(weights, scale, groups, *, include_top, classes, **options):
 
     Returns:
         `(path or None, options)`, the options filled from the registered
-        weights where the caller left them None (see `model_kwargs`).
+        weights where the caller left them None (see
+        `architecture_options`).
 
     Raises:
         ValueError: The weights are for another variant or classifier, or
@@ -295,7 +288,7 @@ def resolve_weights(weights, scale, groups, *, include_top, classes, **options):
     """
     weights = check_weights(weights)
     if weights is None or weights.endswith((".h5", ".keras")):
-        return weights, model_kwargs(None, **options)
+        return weights, architecture_options(None, **options)
     entry = get(weights)
     if (float(scale), groups) != (entry.scale, entry.groups):
         raise ValueError(
@@ -309,5 +302,5 @@ def resolve_weights(weights, scale, groups, *, include_top, classes, **options):
             "include_top=False for other classes. Received: "
             f"classes={classes}"
         )
-    options = model_kwargs(entry, **options)
+    options = architecture_options(entry, **options)
     return local_path(entry), options

@@ -18,6 +18,7 @@ from keras_shufflenet.models.checks import check_input_shape
 from keras_shufflenet.models.checks import check_scale_groups
 from keras_shufflenet.models.layers import ChannelShuffle
 from keras_shufflenet.models.layers import PointwiseGroupConv2D
+from keras_shufflenet.models.layers import channel_axis
 from keras_shufflenet.models.loading import load_weights
 from keras_shufflenet.models.lowering import DeferredChannelShuffle
 from keras_shufflenet.models.lowering import DepthwiseAveragePooling2D
@@ -26,6 +27,8 @@ from keras_shufflenet.models.lowering import PermutedDepthwiseConv2D
 from keras_shufflenet.models.lowering import RowZeroPadding2D
 from keras_shufflenet.models.lowering import ShufflingBatchNormalization
 from keras_shufflenet.models.naming import variant_name
+from keras_shufflenet.models.parts import layer_name
+from keras_shufflenet.models.parts import network_parts
 from keras_shufflenet.models.pretrained import resolve_weights
 from keras_shufflenet.utils.onednn import tensorflow_runs_nchw_conv
 
@@ -121,10 +124,6 @@ def bottleneck_width(out_channels, groups, multiple=1):
 
 
 
-def _channel_axis():
-    return -1 if keras.config.image_data_format() == "channels_last" else 1
-
-
 def backend_runs_channels_first_conv():
     """Whether the Keras backend runs NCHW (`channels_first`) convolutions.
 
@@ -170,7 +169,7 @@ def _batch_norm(x, name, deferred_shuffle=None):
     else:
         norm = layers.BatchNormalization
     return norm(
-        axis=_channel_axis(),
+        axis=channel_axis(),
         epsilon=BN_EPSILON,
         momentum=BN_MOMENTUM,
         name=name,
@@ -189,16 +188,18 @@ def _pointwise(x, filters, groups, implementation, name):
 
 
 def _squeeze_excite(x, name):
-    channels = x.shape[_channel_axis()]
-    s = layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_squeeze")(x)
+    channels = x.shape[channel_axis()]
+    s = layers.GlobalAveragePooling2D(keepdims=True, name=name("se_squeeze"))(
+        x
+    )
     s = layers.Conv2D(
         max(1, channels // SE_REDUCTION), 1, activation="relu",
-        name=f"{name}_reduce",
+        name=name("se_reduce"),
     )(s)
     s = layers.Conv2D(
-        channels, 1, activation="sigmoid", name=f"{name}_expand"
+        channels, 1, activation="sigmoid", name=name("se_expand")
     )(s)
-    return layers.Multiply(name=f"{name}_excite")([x, s])
+    return layers.Multiply(name=name("se_excite"))([x, s])
 
 
 def shufflenet_unit(
@@ -213,7 +214,8 @@ def shufflenet_unit(
     shuffle_order="paper",
     implementation="split",
     bottleneck_multiple=1,
-    name,
+    stage,
+    index,
 ):
     """One ShuffleNet unit, Figure 2 (b) for stride 1 and (c) for stride 2.
 
@@ -243,22 +245,28 @@ def shufflenet_unit(
         implementation: The `PointwiseGroupConv2D` lowering.
         bottleneck_multiple: Rounds each group's bottleneck channels to a
             multiple of this (see `ShuffleNet`). Defaults to 1.
-        name: Prefix of the unit's layer names, such as `"stage2_unit1"`.
+        stage: The unit's stage (2, 3 or 4 in Table 1).
+        index: The unit's position in its stage, from 1. With `stage`, it
+            names the unit's layers (`parts.layer_name`).
 
     Returns:
         The unit's output tensor.
     """
-    axis = _channel_axis()
+    axis = channel_axis()
+
+    def name(role):
+        return layer_name(role, stage, index)
+
     in_channels = x.shape[axis]
     branch_channels = out_channels - in_channels if stride == 2 else out_channels
     bottleneck = bottleneck_width(out_channels, groups, bottleneck_multiple)
 
     y = _pointwise(
         x, bottleneck, groups if group_first_conv else 1, implementation,
-        f"{name}_gconv1",
+        name("gconv1"),
     )
-    y = _batch_norm(y, f"{name}_gconv1_bn")
-    y = layers.ReLU(name=f"{name}_gconv1_relu")(y)
+    y = _batch_norm(y, name("gconv1_bn"))
+    y = layers.ReLU(name=name("gconv1_relu"))(y)
     # In a stride-2 unit the shuffle runs after the depthwise conv and its
     # batch norm at inference, on a 4 times smaller tensor (see
     # `DeferredChannelShuffle`); the weights are the same.
@@ -271,10 +279,10 @@ def shufflenet_unit(
     if shuffled:
         shuffle_class = DeferredChannelShuffle if deferred else ChannelShuffle
         y = shuffle_class(
-            groups, order=shuffle_order, name=f"{name}_shuffle"
+            groups, order=shuffle_order, name=name("shuffle")
         )(y)
     if stride == 2:
-        y = _pad(y, f"{name}_dwconv_pad")
+        y = _pad(y, name("dwconv_pad"))
     dwconv = (
         functools.partial(PermutedDepthwiseConv2D, **deferred)
         if deferred
@@ -285,36 +293,23 @@ def shufflenet_unit(
         strides=stride,
         padding="valid" if stride == 2 else "same",
         use_bias=False,
-        name=f"{name}_dwconv",
+        name=name("dwconv"),
     )(y)
-    y = _batch_norm(y, f"{name}_dwconv_bn", deferred)
-    y = _pointwise(y, branch_channels, groups, implementation, f"{name}_gconv2")
-    y = _batch_norm(y, f"{name}_gconv2_bn")
+    y = _batch_norm(y, name("dwconv_bn"), deferred)
+    y = _pointwise(y, branch_channels, groups, implementation, name("gconv2"))
+    y = _batch_norm(y, name("gconv2_bn"))
     if se:
-        y = _squeeze_excite(y, f"{name}_se")
+        y = _squeeze_excite(y, name)
     if stride == 1:
-        y = layers.Add(name=f"{name}_add")([x, y])
-        return layers.ReLU(name=f"{name}_relu")(y)
-    y = layers.ReLU(name=f"{name}_branch_relu")(y)
+        y = layers.Add(name=name("add"))([x, y])
+        return layers.ReLU(name=name("relu"))(y)
+    y = layers.ReLU(name=name("branch_relu"))(y)
     # count_include_pad=True in PyTorch: the padded zeros count.
-    shortcut = _pad(x, f"{name}_shortcut_pad")
-    shortcut = DepthwiseAveragePooling2D(
-        3, 2, name=f"{name}_shortcut_pool"
-    )(shortcut)
-    return layers.Concatenate(axis=axis, name=f"{name}_concat")([shortcut, y])
-
-
-def stage_output_layer_names(model):
-    """Maps `"stage2"`...`"stage4"` to the name of each stage's last layer."""
-    names = {}
-    for layer in model.layers:
-        if layer.name.startswith("stage") and "_unit" in layer.name:
-            stage = layer.name.split("_")[0]
-            if layer.name.endswith(("_relu", "_concat")) and not (
-                layer.name.endswith(("gconv1_relu", "branch_relu"))
-            ):
-                names[stage] = layer.name
-    return names
+    shortcut = _pad(x, name("shortcut_pad"))
+    shortcut = DepthwiseAveragePooling2D(3, 2, name=name("shortcut_pool"))(
+        shortcut
+    )
+    return layers.Concatenate(axis=axis, name=name("concat"))([shortcut, y])
 
 
 def preprocess_input(x):
@@ -331,7 +326,7 @@ def preprocess_input(x):
         A float32 tensor, `(x / 255 - mean) / std` per channel.
     """
     x = keras.ops.cast(x, "float32")
-    shape = (3,) if _channel_axis() == -1 else (3, 1, 1)
+    shape = (3,) if channel_axis() == -1 else (3, 1, 1)
     mean = keras.ops.reshape(
         keras.ops.array([255 * m for m in IMAGENET_MEAN]), shape
     )
@@ -343,16 +338,16 @@ def preprocess_input(x):
 
 def _preprocessing_layer():
     return ImageNormalization(
-        axis=_channel_axis(),
+        axis=channel_axis(),
         mean=[255 * m for m in IMAGENET_MEAN],
         variance=[(255 * s) ** 2 for s in IMAGENET_STD],
-        name="preprocessing",
+        name=layer_name("preprocessing"),
     )
 
 
 def _image_input(input_tensor, input_shape):
     if input_tensor is None:
-        return layers.Input(shape=input_shape, name="image")
+        return layers.Input(shape=input_shape, name=layer_name("image"))
     if keras.backend.is_keras_tensor(input_tensor):
         return input_tensor
     return layers.Input(tensor=input_tensor, shape=input_shape)
@@ -360,16 +355,16 @@ def _image_input(input_tensor, input_shape):
 
 def _stem(x, width):
     """Table 1's Conv1 (3x3/2, BN, ReLU) and MaxPool (3x3/2)."""
-    x = _pad(x, "conv1_pad")
+    x = _pad(x, layer_name("conv1_pad"))
     x = layers.Conv2D(
         width, 3, strides=2, use_bias=False, kernel_initializer="he_normal",
-        name="conv1",
+        name=layer_name("conv1"),
     )(x)
-    x = _batch_norm(x, "conv1_bn")
-    x = layers.ReLU(name="conv1_relu")(x)
+    x = _batch_norm(x, layer_name("conv1_bn"))
+    x = layers.ReLU(name=layer_name("conv1_relu"))(x)
     # After the ReLU, zero padding acts as PyTorch's -inf padding.
-    x = RowZeroPadding2D(1, name="pool1_pad")(x)
-    return layers.MaxPooling2D(3, 2, name="pool1")(x)
+    x = RowZeroPadding2D(1, name=layer_name("pool1_pad"))(x)
+    return layers.MaxPooling2D(3, 2, name=layer_name("pool1"))(x)
 
 
 def _head(x, include_top, pooling, classes, classifier_activation):
@@ -377,22 +372,22 @@ def _head(x, include_top, pooling, classes, classifier_activation):
     # Under mixed precision the outputs are still float32.
     float32_out = keras.config.dtype_policy().compute_dtype != "float32"
     if include_top:
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = layers.GlobalAveragePooling2D(name=layer_name("avg_pool"))(x)
         # No bias, as in the official release (and its parameter counts).
-        x = layers.Dense(classes, use_bias=False, name="predictions")(x)
+        x = layers.Dense(classes, use_bias=False, name=layer_name("predictions"))(x)
         if classifier_activation is not None or float32_out:
             x = layers.Activation(
                 classifier_activation or "linear",
                 dtype="float32",
-                name="predictions_activation",
+                name=layer_name("predictions_activation"),
             )(x)
         return x
     if pooling == "avg":
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = layers.GlobalAveragePooling2D(name=layer_name("avg_pool"))(x)
     elif pooling == "max":
-        x = layers.GlobalMaxPooling2D(name="max_pool")(x)
+        x = layers.GlobalMaxPooling2D(name=layer_name("max_pool"))(x)
     if float32_out:
-        x = layers.Activation("linear", dtype="float32", name="output")(x)
+        x = layers.Activation("linear", dtype="float32", name=layer_name("output"))(x)
     return x
 
 
@@ -519,7 +514,8 @@ def ShuffleNet(
                 shuffle_order=shuffle_order,
                 implementation=group_conv_implementation,
                 bottleneck_multiple=bottleneck_multiple,
-                name=f"stage{stage}_unit{unit}",
+                stage=stage,
+                index=unit,
             )
     x = _head(x, include_top, pooling, classes, classifier_activation)
 
@@ -545,12 +541,8 @@ def feature_extractor(model):
         A `keras.Model` with the same input and a dict of outputs:
         `{"stage2": stride 8, "stage3": stride 16, "stage4": stride 32}`.
     """
-    names = stage_output_layer_names(model)
-    missing = {"stage2", "stage3", "stage4"} - set(names)
-    if missing:
-        raise ValueError(
-            f"`model` ({model.name!r}) is not a ShuffleNet: it has no "
-            f"layers for {sorted(missing)}."
-        )
-    outputs = {stage: model.get_layer(n).output for stage, n in names.items()}
+    outputs = {
+        stage: layer.output
+        for stage, layer in network_parts(model).stage_outputs().items()
+    }
     return keras.Model(model.input, outputs, name=f"{model.name}_features")

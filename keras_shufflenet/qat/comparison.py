@@ -6,12 +6,16 @@ import dataclasses
 import os
 import statistics
 
-from keras_shufflenet import lite
-from keras_shufflenet.data import InputPipeline
-from keras_shufflenet.models import load_model
-from keras_shufflenet.qat.training import QatTrainer
-from keras_shufflenet.training import resolve_config
-from keras_shufflenet.training import train
+from keras_shufflenet.data.pipeline import InputPipeline
+from keras_shufflenet.lite.conversion import convert
+from keras_shufflenet.lite.conversion import quantize_with_ai_edge_quantizer
+from keras_shufflenet.lite.evaluation import evaluate_tflite
+from keras_shufflenet.lite.saved_model import DEFAULT_NUM_CALIBRATION_IMAGES
+from keras_shufflenet.lite.saved_model import calibration_images
+from keras_shufflenet.models.loading import load_model
+from keras_shufflenet.qat.trainer import QatTrainer
+from keras_shufflenet.training.backends import train
+from keras_shufflenet.training.config import resolve_config
 
 
 @dataclasses.dataclass
@@ -36,7 +40,7 @@ class QuantizationSetting:
     name: str
     recipe_name: str
     recipe: object
-    num_calibration_images: int = lite.DEFAULT_NUM_CALIBRATION_IMAGES
+    num_calibration_images: int = DEFAULT_NUM_CALIBRATION_IMAGES
     qat_epochs: float = 2.0
     qat_lr_factor: float = 0.1
     qat_warmup_epochs: float = 0.0
@@ -76,28 +80,28 @@ def compare_quantization(setting, seed, work_dir, verbose=False):
     model = load_model(float_result.keras_path)
     pipeline = InputPipeline(config.data)
     dataset = pipeline.dataset(False, config.train.eval_batch_size or 100)
-    float_top1 = lite.evaluate_tflite(
-        lite.convert(model, logits=True), dataset
+    float_top1 = evaluate_tflite(
+        convert(model, logits=True), dataset
     )["tflite_top1"]
-    calibration = lite.calibration_images(
+    calibration = calibration_images(
         config.data, setting.num_calibration_images
     )
     if setting.per_tensor_depthwise:
-        ptq = lite.quantize_with_ai_edge_quantizer(
-            lite.convert(model, logits=True),
+        ptq = quantize_with_ai_edge_quantizer(
+            convert(model, logits=True),
             calibration,
             num_calibration_images=setting.num_calibration_images,
             per_tensor_ops=("DEPTHWISE_CONV_2D",),
         )
     else:
-        ptq = lite.convert(
+        ptq = convert(
             model,
             mode="int8",
             calibration_data=calibration,
             num_calibration_images=setting.num_calibration_images,
             logits=True,
         )
-    ptq_top1 = lite.evaluate_tflite(ptq, dataset)["tflite_top1"]
+    ptq_top1 = evaluate_tflite(ptq, dataset)["tflite_top1"]
 
     qat_config = dataclasses.replace(
         config,
@@ -115,7 +119,7 @@ def compare_quantization(setting, seed, work_dir, verbose=False):
     )
     trainer = QatTrainer(qat_config, verbose=verbose)
     qat_result = trainer.fit()
-    qat_eval = lite.evaluate_tflite(
+    qat_eval = evaluate_tflite(
         qat_result.tflite_path, dataset, keras_model=trainer.model
     )
     return {
@@ -132,7 +136,7 @@ def compare_quantization(setting, seed, work_dir, verbose=False):
     }
 
 
-def summarize(rows):
+def summarize_comparison(rows):
     """Mean and spread (min-max) of each accuracy, per setting.
 
     Returns:

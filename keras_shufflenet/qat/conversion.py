@@ -7,9 +7,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from keras_shufflenet.lite import check_builtin_ops
-from keras_shufflenet.lite import make_interpreter
-from keras_shufflenet.lite import op_list
+from keras_shufflenet.lite.inspection import check_builtin_ops
+from keras_shufflenet.lite.inspection import make_interpreter
+from keras_shufflenet.lite.inspection import op_list
 from keras_shufflenet.qat.graph import range_variables
 from keras_shufflenet.qat.layers import CUSTOM_OBJECTS
 from keras_shufflenet.qat.layers import QUANTIZE

@@ -4,7 +4,7 @@ layer, in int8 steps."""
 import numpy as np
 import tensorflow as tf
 
-from keras_shufflenet.lite import make_interpreter
+from keras_shufflenet.lite.inspection import make_interpreter
 from keras_shufflenet.qat.graph import producers
 
 

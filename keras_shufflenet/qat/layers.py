@@ -12,10 +12,10 @@ from keras_shufflenet.models.lowering import row_zero_padding
 
 QUANTIZE = tfmot.quantization.keras
 LAYERS = tf_keras.layers
-PACKAGE = "keras_shufflenet_qat"
+QAT_PACKAGE = "keras_shufflenet_qat"
 
 
-@tf_keras.saving.register_keras_serializable(package=PACKAGE)
+@tf_keras.saving.register_keras_serializable(package=QAT_PACKAGE)
 class ConstantOperand(LAYERS.Layer):
     """Multiplies or adds a constant, broadcast over the input.
 
@@ -61,7 +61,7 @@ class ConstantOperand(LAYERS.Layer):
         return config
 
 
-@tf_keras.saving.register_keras_serializable(package=PACKAGE)
+@tf_keras.saving.register_keras_serializable(package=QAT_PACKAGE)
 class RowZeroPadding(LAYERS.Layer):
     """Zero-pads an image as rows of `width * channels` values.
 
@@ -94,7 +94,7 @@ class RowZeroPadding(LAYERS.Layer):
         return config
 
 
-@tf_keras.saving.register_keras_serializable(package=PACKAGE)
+@tf_keras.saving.register_keras_serializable(package=QAT_PACKAGE)
 class PassThroughQuantizeConfig(QUANTIZE.QuantizeConfig):
     """Quantizes nothing: the layer moves int8 values (a padding)."""
 
@@ -124,7 +124,7 @@ def _weight_quantizer(per_axis):
     )
 
 
-@tf_keras.saving.register_keras_serializable(package=PACKAGE)
+@tf_keras.saving.register_keras_serializable(package=QAT_PACKAGE)
 class OutputQuantizeConfig(PassThroughQuantizeConfig):
     """Quantizes a layer's output (8-bit, per tensor, moving-average range),
     as the converter quantizes a MUL's or ADD's."""
@@ -138,7 +138,7 @@ class OutputQuantizeConfig(PassThroughQuantizeConfig):
         ]
 
 
-@tf_keras.saving.register_keras_serializable(package=PACKAGE)
+@tf_keras.saving.register_keras_serializable(package=QAT_PACKAGE)
 class ConstantOperandQuantizeConfig(OutputQuantizeConfig):
     """Quantizes a `ConstantOperand`'s constant (per tensor) and output."""
 
@@ -149,7 +149,7 @@ class ConstantOperandQuantizeConfig(OutputQuantizeConfig):
         layer.value = quantize_weights[0]
 
 
-@tf_keras.saving.register_keras_serializable(package=PACKAGE)
+@tf_keras.saving.register_keras_serializable(package=QAT_PACKAGE)
 class SharedRangeQuantizeConfig(PassThroughQuantizeConfig):
     """Quantizes a depthwise kernel per channel and leaves the output to
     the concatenation it feeds.
@@ -180,7 +180,7 @@ class SharedRangeQuantizeConfig(PassThroughQuantizeConfig):
         return {"per_axis": self.per_axis}
 
 
-@tf_keras.saving.register_keras_serializable(package=PACKAGE)
+@tf_keras.saving.register_keras_serializable(package=QAT_PACKAGE)
 class PerTensorDepthwiseQuantizeConfig(OutputQuantizeConfig):
     """Quantizes a depthwise kernel with one scale, and the output.
 

@@ -8,8 +8,8 @@ import os
 import keras
 import tensorflow as tf
 
-from keras_shufflenet.lite import calibration_images
-from keras_shufflenet.models import load_weights
+from keras_shufflenet.lite.saved_model import calibration_images
+from keras_shufflenet.models.loading import load_weights
 from keras_shufflenet.qat.biases import snap_biases
 from keras_shufflenet.qat.conversion import calibrate_ranges
 from keras_shufflenet.qat.conversion import convert_qat
@@ -18,11 +18,11 @@ from keras_shufflenet.qat.conversion import qat_model
 from keras_shufflenet.qat.conversion import trainable_variables
 from keras_shufflenet.qat.twin import copy_weights_back
 from keras_shufflenet.qat.twin import tf_keras_twin
-from keras_shufflenet.training import CONFIG_FILE
-from keras_shufflenet.training import Trainer
-from keras_shufflenet.training import export_model
-from keras_shufflenet.training import load_config
+from keras_shufflenet.training.checkpointing import export_model
+from keras_shufflenet.training.config import CONFIG_FILE
+from keras_shufflenet.training.config import load_config
 from keras_shufflenet.training.distribution import build_model
+from keras_shufflenet.training.trainer import Trainer
 from keras_shufflenet.utils.files import atomic_path
 
 
@@ -175,7 +175,7 @@ def _check_model_dir(config):
         )
 
 
-def train(config, strategy=None, verbose=True):
+def train_qat(config, strategy=None, verbose=True):
     """Runs quantization-aware fine-tuning for `config` (see `QatTrainer`).
 
     Returns:

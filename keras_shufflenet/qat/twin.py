@@ -15,16 +15,17 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from keras_shufflenet.models import DeferredChannelShuffle
-from keras_shufflenet.models import DepthwiseAveragePooling2D
-from keras_shufflenet.models import PermutedDepthwiseConv2D
-from keras_shufflenet.models import PointwiseGroupConv2D
-from keras_shufflenet.models import RowZeroPadding2D
-from keras_shufflenet.models import ShufflingBatchNormalization
-from keras_shufflenet.models import is_static_normalization
-from keras_shufflenet.models import shuffle_permutation
-from keras_shufflenet.models import tiled_rescaling
 from keras_shufflenet.models.layers import ChannelShuffle
+from keras_shufflenet.models.layers import PointwiseGroupConv2D
+from keras_shufflenet.models.layers import shuffle_permutation
+from keras_shufflenet.models.lowering import DeferredChannelShuffle
+from keras_shufflenet.models.lowering import DepthwiseAveragePooling2D
+from keras_shufflenet.models.lowering import PermutedDepthwiseConv2D
+from keras_shufflenet.models.lowering import RowZeroPadding2D
+from keras_shufflenet.models.lowering import ShufflingBatchNormalization
+from keras_shufflenet.models.lowering import tiled_normalization
+from keras_shufflenet.models.parts import derived_name
+from keras_shufflenet.models.parts import network_parts
 from keras_shufflenet.qat.layers import LAYERS
 from keras_shufflenet.qat.layers import QUANTIZE
 from keras_shufflenet.qat.layers import ConstantOperand
@@ -40,14 +41,15 @@ class UnsupportedLayerError(ValueError):
     """A model holds a layer the `tf_keras` twin cannot express."""
 
 
+def _shuffle_order(layer, inverse):
+    """The permutation of a stride-2 lowering layer's deferred shuffle.
 
-def _inverse_shuffle(layer):
-    # As `models.lowering`: per-channel weights taken in the inverse order
-    # act on the unshuffled channels.
-    return np.argsort(
-        shuffle_permutation(
-            layer.input.shape[-1], layer.shuffle_groups, layer.shuffle_order
-        )
+    As in `models.lowering`, per-channel weights taken in the inverse
+    order act on the unshuffled channels.
+    """
+    return shuffle_permutation(
+        layer.input.shape[-1], layer.shuffle_groups, layer.shuffle_order,
+        inverse=inverse,
     )
 
 
@@ -56,9 +58,13 @@ def _shuffle(x, groups, order, name):
     _, height, width, channels = x.shape
     n = channels // groups
     a, b = (groups, n) if order == "paper" else (n, groups)
-    x = LAYERS.Reshape((height * width, a, b), name=f"{name}_split")(x)
-    x = LAYERS.Permute((1, 3, 2), name=f"{name}_transpose")(x)
-    return LAYERS.Reshape((height, width, channels), name=f"{name}_merge")(x)
+    x = LAYERS.Reshape(
+        (height * width, a, b), name=derived_name(name, "split")
+    )(x)
+    x = LAYERS.Permute((1, 3, 2), name=derived_name(name, "transpose"))(x)
+    return LAYERS.Reshape(
+        (height, width, channels), name=derived_name(name, "merge")
+    )(x)
 
 
 def _activation(layer):
@@ -67,22 +73,23 @@ def _activation(layer):
 
 def _twin_normalization(layer, x):
     name = layer.name
-    if not is_static_normalization(layer):
+    tiled = tiled_normalization(layer)
+    if tiled is None:
         raise UnsupportedLayerError(
             f"Layer {name!r}: QAT needs a normalisation with constant "
             "statistics on a channels-last input of static width."
         )
-    rescaling = tiled_rescaling(layer)
+    scale_values, offset_values = (c.tolist() for c in tiled)
     scale = QUANTIZE.quantize_annotate_layer(
         ConstantOperand(
-            "multiply", rescaling.scale, trainable=False,
-            name=f"{name}_scale",
+            "multiply", scale_values, trainable=False,
+            name=derived_name(name, "scale"),
         ),
         ConstantOperandQuantizeConfig(),
     )
     offset = QUANTIZE.quantize_annotate_layer(
         ConstantOperand(
-            "add", rescaling.offset, trainable=False, name=name
+            "add", offset_values, trainable=False, name=name
         ),
         ConstantOperandQuantizeConfig(),
     )
@@ -119,30 +126,17 @@ def _twin_average_pool(layer, x, per_axis):
 
 
 def _depthwise_batch_norms(model):
-    """`{depthwise conv name: batch norm}` for every depthwise conv whose
-    output only a batch norm reads (all of ShuffleNet's; not the
-    shortcut's average pool)."""
-    readers = {}
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        for tensor in keras.tree.flatten(layer.input):
-            readers.setdefault(id(tensor), []).append(layer)
-    pairs = {}
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            after = readers.get(id(layer.output), [])
-            if len(after) == 1 and isinstance(
-                after[0], keras.layers.BatchNormalization
-            ):
-                pairs[layer.name] = after[0]
-    return pairs
+    """`{depthwise conv name: batch norm}` of every unit (`models.parts`)."""
+    return {
+        unit["dwconv"].name: unit["dwconv_bn"]
+        for unit in network_parts(model).units
+    }
 
 
 def _twin_order_depthwise(layer, kernel):
     """A depthwise kernel in the twin's channel order."""
     if isinstance(layer, PermutedDepthwiseConv2D):
-        return kernel[:, :, _inverse_shuffle(layer), :]
+        return kernel[:, :, _shuffle_order(layer, inverse=True), :]
     return kernel
 
 
@@ -150,10 +144,9 @@ def _model_order(layer, values):
     """The inverse of `_twin_order_depthwise` / `_twin_order_batch_norm`:
     a layer's weights, from the twin's channel order back to its own."""
     if isinstance(layer, PermutedDepthwiseConv2D):
-        forward = np.argsort(_inverse_shuffle(layer))
-        return [values[0][:, :, forward, :]]
+        return [values[0][:, :, _shuffle_order(layer, inverse=False), :]]
     if isinstance(layer, ShufflingBatchNormalization):
-        forward = np.argsort(_inverse_shuffle(layer))
+        forward = _shuffle_order(layer, inverse=False)
         return [v[forward] for v in values]
     return values
 
@@ -162,7 +155,7 @@ def _twin_order_batch_norm(layer, weights):
     """A batch norm's weights in the twin's channel order (the twin
     shuffles after it)."""
     if isinstance(layer, ShufflingBatchNormalization):
-        inverse = _inverse_shuffle(layer)
+        inverse = _shuffle_order(layer, inverse=True)
         return [w[inverse] for w in weights]
     return weights
 
@@ -223,7 +216,8 @@ def _twin_batch_norm(layer, x, freeze_batch_norm, folded_in):
         ]
     if isinstance(layer, ShufflingBatchNormalization):
         y = _shuffle(
-            y, layer.shuffle_groups, layer.shuffle_order, f"{name}_shuffle"
+            y, layer.shuffle_groups, layer.shuffle_order,
+            derived_name(name, "shuffle"),
         )
     return y, assigned
 

@@ -30,7 +30,7 @@ statistics, with fewer passes:
 - A stride-2 unit after fused units runs its first group conv on their
   per-group tensors (`GroupwisePointwiseConv`), without a split.
 - The input normalisation broadcasts constants tiled over the image width
-  (`deploy`'s `"preprocessing"` rewrite) rather than a 3-vector per pixel.
+  (`lite.rewrite`'s `"preprocessing"`) rather than a 3-vector per pixel.
 
 Train `training_model(model)` and save, export or evaluate `model`: they
 share the variables. Under a mixed-precision policy only the batch norm
@@ -40,23 +40,15 @@ statistics and are left to the layers of `model`.
 
 import keras
 
-from keras_shufflenet.models.graph import UNIT_KEYS
 from keras_shufflenet.models.graph import PerGroupGraph
 from keras_shufflenet.models.graph import fusable_layers
 from keras_shufflenet.models.graph import is_plain_batch_norm
-from keras_shufflenet.models.graph import is_static_normalization
-from keras_shufflenet.models.graph import tiled_rescaling
 from keras_shufflenet.models.layers import PointwiseGroupConv2D
+from keras_shufflenet.models.lowering import tiled_normalization
 from keras_shufflenet.training.fused_layers import FastBatchNormalization
 from keras_shufflenet.training.fused_layers import FusedBranchTail
 from keras_shufflenet.training.fused_layers import FusedShuffleUnit
 from keras_shufflenet.training.fused_layers import GroupwisePointwiseConv
-
-
-def _fused_unit(unit, name):
-    return FusedShuffleUnit(
-        *(unit[k] for k in UNIT_KEYS), name=f"{name}_fused"
-    )
 
 
 def training_model(model, *, fuse=True):
@@ -100,7 +92,8 @@ def training_model(model, *, fuse=True):
         if isinstance(layer, keras.layers.InputLayer) or layer in graph.skipped:
             continue
         if layer in units:
-            graph.call_unit(units[layer], _fused_unit)
+            unit = units[layer]
+            graph.call_unit(unit, FusedShuffleUnit.from_unit(unit))
             continue
         if layer in tails:
             dw_norm, conv, norm = tails[layer]
@@ -123,8 +116,11 @@ def training_model(model, *, fuse=True):
             graph.set(layer.output, GroupwisePointwiseConv(layer)(value))
         elif is_plain_batch_norm(layer):
             graph.call(layer, FastBatchNormalization(layer))
-        elif fuse and is_static_normalization(layer):
-            graph.call(layer, tiled_rescaling(layer))
+        elif fuse and (tiled := tiled_normalization(layer)) is not None:
+            scale, offset = (c.tolist() for c in tiled)
+            graph.call(
+                layer, keras.layers.Rescaling(scale, offset, name=layer.name)
+            )
         else:
             graph.call(layer)
     return graph.model(f"{model.name}_training")

@@ -8,10 +8,17 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_shufflenet.models.graph import UNIT_KEYS
 from keras_shufflenet.models.graph import is_plain_batch_norm
 from keras_shufflenet.models.graph import shuffle_plan
 from keras_shufflenet.models.layers import PACKAGE
+from keras_shufflenet.models.parts import derived_name
+
+# The roles (`models.parts`) of the layers `FusedShuffleUnit` takes, in
+# the order it takes them.
+FUSED_ROLES = (
+    "gconv1", "gconv1_bn", "shuffle", "dwconv", "dwconv_bn", "gconv2",
+    "gconv2_bn",
+)
 
 
 def _serialize(layer):
@@ -165,7 +172,7 @@ class FastBatchNormalization(keras.layers.Layer):
 
     def __init__(self, layer, **kwargs):
         layer = _as_layer(layer)
-        kwargs.setdefault("name", f"{layer.name}_fast")
+        kwargs.setdefault("name", derived_name(layer.name, "fast"))
         kwargs.setdefault("dtype", layer.dtype_policy)
         super().__init__(**kwargs)
         self.layer = layer
@@ -216,7 +223,7 @@ class FusedBranchTail(keras.layers.Layer):
 
     def __init__(self, dw_norm, conv, norm, **kwargs):
         dw_norm, conv, norm = (_as_layer(x) for x in (dw_norm, conv, norm))
-        kwargs.setdefault("name", f"{conv.name}_fused")
+        kwargs.setdefault("name", derived_name(conv.name, "fused"))
         kwargs.setdefault("dtype", conv.dtype_policy)
         super().__init__(**kwargs)
         self.dw_norm = dw_norm
@@ -432,10 +439,18 @@ class FusedShuffleUnit(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
-        for key in UNIT_KEYS:
+        for key in FUSED_ROLES:
             layer = getattr(self, key)
             config[key] = None if layer is None else _serialize(layer)
         return config
+
+    @classmethod
+    def from_unit(cls, unit):
+        """The fused layer of a stride-1 `parts.Unit` (`fusable_layers`)."""
+        return cls(
+            *(unit.get(role) for role in FUSED_ROLES),
+            name=derived_name(unit.name, "fused"),
+        )
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -454,7 +469,7 @@ class GroupwisePointwiseConv(keras.layers.Layer):
 
     def __init__(self, conv, **kwargs):
         conv = _as_layer(conv)
-        kwargs.setdefault("name", f"{conv.name}_groupwise")
+        kwargs.setdefault("name", derived_name(conv.name, "groupwise"))
         kwargs.setdefault("dtype", conv.dtype_policy)
         super().__init__(**kwargs)
         self.conv = conv

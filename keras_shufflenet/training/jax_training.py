@@ -51,7 +51,7 @@ def jax_devices(strategy):
     """The devices a `config.strategy` name trains on under JAX.
 
     Args:
-        strategy: One of `training.STRATEGIES`.
+        strategy: One of `training.config.STRATEGIES`.
 
     Returns:
         A list of `jax.Device`.

@@ -17,7 +17,7 @@ from keras_shufflenet.training.fused import training_model
 from keras_shufflenet.utils.timing import interleaved_schedule
 from keras_shufflenet.utils.timing import timing_stats
 
-PEERS = {
+TRAINING_PEERS = {
     "mobilenetv2_0.5": lambda shape: keras.applications.MobileNetV2(
         alpha=0.5, weights=None, input_shape=shape
     ),
@@ -27,12 +27,12 @@ PEERS = {
 }
 
 
-def build(name, input_shape=(224, 224, 3)):
+def build_bench_model(name, input_shape=(224, 224, 3)):
     """Builds a benchmark model by name.
 
     Args:
         name: `"shufflenet_<scale>x_g<groups>_<implementation>"` (for
-            example `shufflenet_1.0x_g3_split`) or a key of `PEERS`. The
+            example `shufflenet_1.0x_g3_split`) or a key of `TRAINING_PEERS`. The
             implementation is a `PointwiseGroupConv2D` lowering, or
             `"fused"`: `fused.training_model` of the split model, the
             graph `keras_shufflenet.training` trains.
@@ -41,8 +41,8 @@ def build(name, input_shape=(224, 224, 3)):
     Returns:
         An uncompiled `keras.Model` with 1000 classes.
     """
-    if name in PEERS:
-        return PEERS[name](input_shape)
+    if name in TRAINING_PEERS:
+        return TRAINING_PEERS[name](input_shape)
     try:
         variant = parse_variant_name(name, argument="names")
     except ValueError:
@@ -52,7 +52,7 @@ def build(name, input_shape=(224, 224, 3)):
         raise ValueError(
             "A model name is 'shufflenet_<scale>x_g<groups>_<implementation>' "
             f"(implementation one of {implementations}) or one of "
-            f"{sorted(PEERS)}. Received: {name!r}"
+            f"{sorted(TRAINING_PEERS)}. Received: {name!r}"
         )
     implementation = variant["suffix"]
     fuse = implementation == "fused"
@@ -95,7 +95,7 @@ class TrainingBench:
         self.steps = steps
         self.models = {}
         for name in names:
-            model = build(name, (image_size, image_size, 3))
+            model = build_bench_model(name, (image_size, image_size, 3))
             model.compile(
                 keras.optimizers.SGD(0.01, momentum=0.9),
                 keras.losses.SparseCategoricalCrossentropy(),
@@ -117,7 +117,7 @@ class TrainingBench:
         return time.perf_counter() - start
 
 
-def summarize(seconds, images):
+def images_per_second(seconds, images):
     """`{name: {"median", "p90", "n"}}` in images/s from sample times."""
     results = {}
     for name, samples in seconds.items():
@@ -161,7 +161,7 @@ def training_throughput(
         seconds[name].append(bench.sample(name))
         if progress is not None:
             progress(round_, name, bench.images / seconds[name][-1])
-    return summarize(seconds, bench.images)
+    return images_per_second(seconds, bench.images)
 
 
 def serve(names, out=None, **kwargs):
@@ -235,4 +235,4 @@ def backend_throughput(
         for worker in workers.values():
             worker.stdin.close()
             worker.wait()
-    return summarize(seconds, images)
+    return images_per_second(seconds, images)

@@ -125,7 +125,7 @@ class Trainer:
             raise ValueError(
                 f"{type(self).__name__} trains in float; for "
                 "quantization-aware training from qat_from="
-                f"{config.qat_from!r} use `keras_shufflenet.qat.train` "
+                f"{config.qat_from!r} use `keras_shufflenet.qat.train_qat` "
                 '(pip install -e ".[qat]").'
             )
 

@@ -9,15 +9,16 @@ import hashlib
 import os
 import pickle
 
+import keras
 import numpy as np
 
 from keras_shufflenet.models.layers import shuffle_permutation
-from keras_shufflenet.models.pretrained import OFFICIAL_MODEL_KWARGS
+from keras_shufflenet.models.parts import network_parts
+from keras_shufflenet.models.pretrained import OFFICIAL_ARCHITECTURE
 from keras_shufflenet.models.pretrained import find
 from keras_shufflenet.models.pretrained import official_name
 from keras_shufflenet.models.pretrained import weights_dir
 from keras_shufflenet.models.shufflenet import OFFICIAL_WIDTHS
-from keras_shufflenet.models.shufflenet import STAGE_REPEATS
 from keras_shufflenet.models.shufflenet import ShuffleNet
 from keras_shufflenet.models.shufflenet import shufflenet_widths
 from keras_shufflenet.utils.files import atomic_path
@@ -217,6 +218,38 @@ def _check_config(tensors, scale, groups, path):
     )
 
 
+# The release's tensor names by part and role (`models.parts`): its stem
+# is `first_conv`, its units are `features.<k>` in network order, and its
+# classifier is `classifier.0` (no bias).
+STEM_TENSORS = {"conv1": "first_conv.0", "conv1_bn": "first_conv.1"}
+UNIT_TENSORS = {
+    "gconv1": "branch_main_1.0",
+    "gconv1_bn": "branch_main_1.1",
+    "dwconv": "branch_main_1.3",
+    "dwconv_bn": "branch_main_1.4",
+    "gconv2": "branch_main_2.0",
+    "gconv2_bn": "branch_main_2.1",
+}
+HEAD_TENSORS = {"predictions": "classifier.0"}
+
+
+def _entries(torch_prefix, layer, order=None, reverse_in=False):
+    """`official_tensor_map`'s entries for one layer."""
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return [
+            (f"{torch_prefix}.{suffix}", getattr(layer, attribute), None,
+             order, False)
+            for suffix, attribute in BN_TENSORS
+        ]
+    if isinstance(layer, keras.layers.Dense):
+        axes = DENSE_AXES
+    elif isinstance(layer, keras.layers.DepthwiseConv2D):
+        axes = DEPTHWISE_AXES
+    else:
+        axes = CONV_AXES
+    return [(f"{torch_prefix}.weight", layer.kernel, axes, order, reverse_in)]
+
+
 def official_tensor_map(model):
     """Lists where each official tensor goes in a `ShuffleNet` model.
 
@@ -238,68 +271,33 @@ def official_tensor_map(model):
         is), and conv1's input channels reversed when `reverse_in` is true
         (BGR to RGB).
     """
+    parts = network_parts(model)
     entries = []
-    layer_names = {layer.name for layer in model.layers}
-
-    def conv(torch_prefix, layer_name, axes=CONV_AXES, order=None):
-        layer = model.get_layer(layer_name)
-        entries.append(
-            (f"{torch_prefix}.weight", layer.kernel, axes, order, False)
+    for role, torch_prefix in STEM_TENSORS.items():
+        # The release reads BGR: conv1 takes its input channels reversed.
+        entries += _entries(
+            torch_prefix, parts.stem[role], reverse_in=role == "conv1"
         )
-
-    def batch_norm(torch_prefix, layer_name, order=None):
-        layer = model.get_layer(layer_name)
-        for torch_suffix, attribute in BN_TENSORS:
-            entries.append(
-                (
-                    f"{torch_prefix}.{torch_suffix}",
-                    getattr(layer, attribute),
-                    None,
-                    order,
-                    False,
+    for index, unit in enumerate(parts.units):
+        shuffle = unit.get("shuffle")
+        order = None
+        if shuffle is not None:
+            if shuffle.order != "official":
+                raise ValueError(
+                    "The official weights need shuffle_order='official'. "
+                    f"Received a model with order={shuffle.order!r}."
                 )
+            order = shuffle_permutation(
+                unit["dwconv"].kernel.shape[2], shuffle.groups, "official"
             )
-
-    conv1 = model.get_layer("conv1")
-    entries.append(("first_conv.0.weight", conv1.kernel, CONV_AXES, None, True))
-    batch_norm("first_conv.1", "conv1_bn")
-    index = 0
-    for stage, repeats in enumerate(STAGE_REPEATS, 2):
-        for unit in range(1, repeats + 1):
-            keras_prefix = f"stage{stage}_unit{unit}"
-            torch_prefix = f"features.{index}"
-            shuffle = f"{keras_prefix}_shuffle"
-            order = None
-            if shuffle in layer_names:
-                layer = model.get_layer(shuffle)
-                if layer.order != "official":
-                    raise ValueError(
-                        "The official weights need shuffle_order='official'."
-                        f" Received a model with order={layer.order!r}."
-                    )
-                channels = model.get_layer(f"{keras_prefix}_dwconv").kernel
-                order = shuffle_permutation(
-                    channels.shape[2], layer.groups, "official"
-                )
-            main1 = f"{torch_prefix}.branch_main_1"
-            main2 = f"{torch_prefix}.branch_main_2"
-            conv(f"{main1}.0", f"{keras_prefix}_gconv1")
-            batch_norm(f"{main1}.1", f"{keras_prefix}_gconv1_bn")
-            conv(f"{main1}.3", f"{keras_prefix}_dwconv", DEPTHWISE_AXES, order)
-            batch_norm(f"{main1}.4", f"{keras_prefix}_dwconv_bn", order)
-            conv(f"{main2}.0", f"{keras_prefix}_gconv2")
-            batch_norm(f"{main2}.1", f"{keras_prefix}_gconv2_bn")
-            index += 1
-    if "predictions" in layer_names:
-        entries.append(
-            (
-                CLASSIFIER,
-                model.get_layer("predictions").kernel,
-                DENSE_AXES,
-                None,
-                False,
+        for role, torch_suffix in UNIT_TENSORS.items():
+            entries += _entries(
+                f"features.{index}.{torch_suffix}", unit[role],
+                order if role in ("dwconv", "dwconv_bn") else None,
             )
-        )
+    for role, torch_prefix in HEAD_TENSORS.items():
+        if role in parts.head:
+            entries += _entries(torch_prefix, parts.head[role])
     return entries
 
 
@@ -348,10 +346,10 @@ def assign_official_weights(model, tensors, source="the checkpoint"):
             not finite; the message names it.
     """
     entries = official_tensor_map(model)
-    has_top = "predictions" in {layer.name for layer in model.layers}
+    classifier = network_parts(model).head.get("predictions")
     expected = {name for name, *_ in entries}
     used = set(expected)
-    if not has_top:
+    if classifier is None:
         used.add(CLASSIFIER)  # Dropped: the model has no classifier.
     ignored = {name for name in tensors if name.endswith(IGNORED_SUFFIX)}
     missing = sorted(expected - set(tensors))
@@ -389,7 +387,7 @@ def assign_official_weights(model, tensors, source="the checkpoint"):
             )
         )
         assigned.add(id(variable))
-    bias = model.get_layer("predictions").bias if has_top else None
+    bias = None if classifier is None else classifier.bias
     if bias is not None:
         # The official classifier is Linear(bias=False).
         bias.assign(np.zeros(bias.shape, bias.dtype))
@@ -435,7 +433,7 @@ def from_official_checkpoint(path, scale, groups, **shufflenet_kwargs):
             message names the one it looks like), or a tensor is missing,
             left over or of the wrong shape, or the file is damaged.
     """
-    fixed = dict(OFFICIAL_MODEL_KWARGS)
+    fixed = dict(OFFICIAL_ARCHITECTURE)
     for key, value in shufflenet_kwargs.items():
         if key in fixed and value != fixed[key]:
             raise ValueError(

@@ -9,6 +9,7 @@ import tensorflow as tf
 from absl import flags
 
 from keras_shufflenet import data
+from keras_shufflenet.data import config as data_config
 from keras_shufflenet.data import preprocessing
 from tests.data import data_fixtures as fx
 
@@ -35,20 +36,20 @@ def _folder_config(root, **kwargs):
 
 
 def test_default_min_crop_area_is_049_below_1x_and_008_from_1x():
-    assert data.default_min_crop_area(0.25) == 0.49
-    assert data.default_min_crop_area(0.5) == 0.49
-    assert data.default_min_crop_area(1.0) == 0.08
-    assert data.default_min_crop_area(2.0) == 0.08
+    assert data_config.default_min_crop_area(0.25) == 0.49
+    assert data_config.default_min_crop_area(0.5) == 0.49
+    assert data_config.default_min_crop_area(1.0) == 0.08
+    assert data_config.default_min_crop_area(2.0) == 0.08
     config = data.InputConfig(name="x", model_scale=0.5)
     assert config.area_range == (0.49, 1.0)
     with pytest.raises(ValueError, match="scale=0"):
-        data.default_min_crop_area(0)
+        data_config.default_min_crop_area(0)
 
 
 def test_train_crop_area_and_aspect_ratio_stay_within_bounds():
     shape = tf.constant([375, 500, 3])
     sample = tf.function(
-        lambda: data.sample_crop_window(shape, (0.25, 1.0), (3 / 4, 4 / 3))
+        lambda: preprocessing.sample_crop_window(shape, (0.25, 1.0), (3 / 4, 4 / 3))
     )
     windows = np.array([sample().numpy() for _ in range(400)])
     y, x, h, w = windows.T
@@ -66,14 +67,14 @@ def test_train_crop_area_and_aspect_ratio_stay_within_bounds():
 
 def test_crop_fallback_clamps_extreme_aspect_ratio_around_centre():
     # A 10x200 strip cannot hold a 3/4..4/3 crop of 50% area: fallback.
-    window = data.sample_crop_window(
+    window = preprocessing.sample_crop_window(
         tf.constant([10, 200, 3]), (0.5, 1.0), (3 / 4, 4 / 3)
     ).numpy()
     np.testing.assert_array_equal(window, [0, 93, 10, 13])
 
 
 def test_eval_window_is_224_of_256_with_equal_margins_for_imagenet_size():
-    window = data.eval_crop_window(tf.constant([375, 500, 3])).numpy()
+    window = preprocessing.eval_crop_window(tf.constant([375, 500, 3])).numpy()
     # 375 * 224 / 256 = 328.1: nearest odd 329 (375 is odd), even 328.
     np.testing.assert_array_equal(window, [23, 86, 329, 328])
     y, x, h, w = window
@@ -124,7 +125,7 @@ def test_cmyk_jpeg_decodes_to_the_same_rgb_as_pil():
     encoded, rgb = fx.cmyk_jpeg()
     out = data.preprocess_for_eval(tf.constant(encoded), 35, 1.0).numpy()
     assert out.shape == (35, 35, 3)
-    window = data.eval_crop_window(tf.constant(rgb.shape), 1.0).numpy()
+    window = preprocessing.eval_crop_window(tf.constant(rgb.shape), 1.0).numpy()
     y, x, h, w = window
     expected = tf.image.resize(rgb[y : y + h, x : x + w], [35, 35]).numpy()
     assert np.abs(out - expected).mean() < 3.0
@@ -543,12 +544,3 @@ def test_source_flags_are_spelled_like_the_config_flags():
     assert (config.source, config.eval_path, config.image_size) == (
         "folder", "val", 64
     )
-
-
-def test_old_source_flag_spelling_is_read_and_a_conflict_refused():
-    values = _source_flags(["--data_source=digits", "--train_path=t"])
-    config = data.input_config_from_flags(32, flag_values=values)
-    assert (config.source, config.train_path) == ("digits", "t")
-    values = _source_flags(["--data_source=digits", "--data.source=folder"])
-    with pytest.raises(ValueError, match="--data_source is the old spelling"):
-        data.input_config_from_flags(32, flag_values=values)

@@ -12,10 +12,13 @@ import pytest
 import tensorflow as tf
 
 import keras_shufflenet as ks
-from keras_shufflenet import lite
 from keras_shufflenet.lite import benchmark
 from keras_shufflenet.lite import rewrite as deploy
+from keras_shufflenet.lite import standard as lite_standard
 from keras_shufflenet.lite.benchmark import latency
+from keras_shufflenet.lite.benchmark import profiling
+from keras_shufflenet.lite.benchmark import reporting
+from keras_shufflenet.lite.benchmark import specs as lite_specs
 from keras_shufflenet.lite.benchmark import timing
 
 RESOLUTION = "160x160"
@@ -40,7 +43,7 @@ def test_measure_warms_up_then_times_in_interleaved_order():
     calls = []
     runners = {n: FakeRunner(n, calls, s) for n, s in [("x", 0.01),
                                                         ("y", 0.02)]}
-    times = benchmark.measure(runners, num_runs=3, warmup=2)
+    times = timing.measure(runners, num_runs=3, warmup=2)
     assert calls == ["x", "y", "y", "x"] + ["x", "y", "y", "x", "x", "y"]
     assert times["x"]["wall"] == [0.01] * 3
     assert times["y"]["cpu"] == [0.01] * 3
@@ -49,7 +52,7 @@ def test_measure_warms_up_then_times_in_interleaved_order():
 
 def test_block_rows_take_differences_of_truncated_models():
     blocks = [("stem", "conv1_relu"), ("unit", "u_relu"), ("head", "out")]
-    rows = benchmark.block_rows(
+    rows = profiling.block_rows(
         blocks,
         {"stem": 1.0, "unit": 3.0, "head": 4.0},
         {"stem": 10_000_000, "unit": 50_000_000, "head": 51_000_000},
@@ -62,7 +65,7 @@ def test_block_rows_take_differences_of_truncated_models():
 
 def test_shufflenet_blocks_are_stem_pool_units_and_head():
     model = ks.ShuffleNet(0.25, 3, input_shape=(32, 32, 3), classes=10)
-    blocks = benchmark.shufflenet_blocks(model)
+    blocks = profiling.shufflenet_blocks(model)
     assert [b for b, _ in blocks][:4] == [
         "stem", "pool1", "stage2_unit1", "stage2_unit2"
     ]
@@ -73,19 +76,19 @@ def test_shufflenet_blocks_are_stem_pool_units_and_head():
 
 
 def test_cache_key_depends_on_what_changes_the_model():
-    spec = benchmark.SHUFFLENETS["shufflenet_1.0x_g3"]
-    key = benchmark.cache_key(spec, (224, 224), "float32", 8)
-    assert key == benchmark.cache_key(spec, (224, 224), "float32", 8)
+    spec = lite_specs.SHUFFLENETS["shufflenet_1.0x_g3"]
+    key = latency.cache_key(spec, (224, 224), "float32", 8)
+    assert key == latency.cache_key(spec, (224, 224), "float32", 8)
     others = {
-        benchmark.cache_key(spec, (480, 640), "float32", 8),
-        benchmark.cache_key(spec, (224, 224), "int8", 8),
-        benchmark.cache_key(spec, (224, 224), "int8", 16),
-        benchmark.cache_key(
-            benchmark.with_deployment(spec, "[s]", rewrites=()),
+        latency.cache_key(spec, (480, 640), "float32", 8),
+        latency.cache_key(spec, (224, 224), "int8", 8),
+        latency.cache_key(spec, (224, 224), "int8", 16),
+        latency.cache_key(
+            lite_specs.with_deployment(spec, "[s]", rewrites=()),
             (224, 224), "float32", 8,
         ),
-        benchmark.cache_key(
-            benchmark.shufflenet_spec(1.0, 8), (224, 224), "float32", 8
+        latency.cache_key(
+            lite_specs.shufflenet_spec(1.0, 8), (224, 224), "float32", 8
         ),
     }
     assert key not in others and len(others) == 5
@@ -93,7 +96,7 @@ def test_cache_key_depends_on_what_changes_the_model():
 
 def test_bad_arguments_are_refused_with_a_clear_message(tmp_path):
     with pytest.raises(ValueError, match="HEIGHTxWIDTH"):
-        benchmark.parse_resolution("224")
+        lite_specs.parse_resolution("224")
     with pytest.raises(ValueError, match="Unknown model 'resnet50'"):
         benchmark.model_specs(["resnet50"])
     with pytest.raises(ValueError, match="groups"):
@@ -106,27 +109,27 @@ def test_any_shufflenet_is_named_by_scale_and_groups():
     )
     assert g1.name == "shufflenet_1.0x_g1" and g1.family == "shufflenet"
     assert dict(g1.kwargs) == {"scale": 1.0, "groups": 1}
-    assert table8 is benchmark.SHUFFLENETS["shufflenet_2.0x_g3"]
+    assert table8 is lite_specs.SHUFFLENETS["shufflenet_2.0x_g3"]
     model = g1.build((64, 64, 3), logits=True)
     assert model.get_layer("stage2_unit2_gconv1").groups == 1
 
 
 def test_without_and_with_rewrite_change_exactly_one_rewrite():
-    spec = benchmark.shufflenet_spec(1.0, 3)
-    without = benchmark.without_rewrite(spec, "preprocessing")
+    spec = lite_specs.shufflenet_spec(1.0, 3)
+    without = lite_specs.without_rewrite(spec, "preprocessing")
     assert without.name == "shufflenet_1.0x_g3[-preprocessing]"
     assert dict(without.deployment)["rewrites"] == (
         "average_pool", "pool_padding", "shuffle_after_stride"
     )
-    added = benchmark.with_rewrite(spec, "groupwise_units")
+    added = lite_specs.with_rewrite(spec, "groupwise_units")
     assert added.name == "shufflenet_1.0x_g3[+groupwise_units]"
     assert dict(added.deployment)["rewrites"] == (
         deploy.DEFAULT_REWRITES + ("groupwise_units",)
     )
     with pytest.raises(ValueError, match="'fold_all' is not one of"):
-        benchmark.without_rewrite(spec, "fold_all")
+        lite_specs.without_rewrite(spec, "fold_all")
     with pytest.raises(ValueError, match="'preprocessing' is not one of"):
-        benchmark.with_rewrite(spec, "preprocessing")
+        lite_specs.with_rewrite(spec, "preprocessing")
 
 
 def test_each_route_converts_with_its_own_function(tmp_path, monkeypatch):
@@ -145,11 +148,11 @@ def test_each_route_converts_with_its_own_function(tmp_path, monkeypatch):
     monkeypatch.setattr(
         latency,
         "STANDARD_ROUTES",
-        {route: standard(route) for route in benchmark.ROUTE_SUFFIXES},
+        {route: standard(route) for route in lite_specs.ROUTE_SUFFIXES},
     )
-    spec = benchmark.shufflenet_spec(0.5, 3)
+    spec = lite_specs.shufflenet_spec(0.5, 3)
     specs = [spec] + [
-        benchmark.with_route(spec, route) for route in benchmark.ROUTE_SUFFIXES
+        lite_specs.with_route(spec, route) for route in lite_specs.ROUTE_SUFFIXES
     ]
     assert [s.name for s in specs[1:]] == [
         "shufflenet_0.5x_g3[model.export]",
@@ -157,35 +160,35 @@ def test_each_route_converts_with_its_own_function(tmp_path, monkeypatch):
     ]
     for s in specs:
         for mode in ("float32", "int8"):
-            benchmark.convert_cached(
+            latency.convert_cached(
                 s, (64, 64), mode, tmp_path, num_calibration_images=1
             )
     assert calls == [
         (route, mode)
-        for route in lite.ROUTES
+        for route in lite_standard.ROUTES
         for mode in ("float32", "int8")
     ]
     with pytest.raises(ValueError, match="`route` must be one of"):
-        benchmark.with_route(spec, "onnx")
+        lite_specs.with_route(spec, "onnx")
 
 
 def test_a_user_tflite_spec_is_checked(tmp_path):
     with pytest.raises(ValueError, match="Expected a .tflite"):
-        benchmark.tflite_spec("model.onnx")
+        lite_specs.tflite_spec("model.onnx")
     with pytest.raises(FileNotFoundError, match="missing.tflite"):
-        benchmark.tflite_spec(tmp_path / "missing.tflite")
+        lite_specs.tflite_spec(tmp_path / "missing.tflite")
     with pytest.raises(ValueError, match="num_threads=1"):
         benchmark.run_benchmark([], timer="cpu", num_threads=2)
 
 
 def test_peers_count_the_published_flops():
-    spec = benchmark.PEERS["mobilenet_0.5"]
-    flops = benchmark.model_complexity(spec, (224, 224))["flops"]
+    spec = lite_specs.LATENCY_PEERS["mobilenet_0.5"]
+    flops = latency.model_complexity(spec, (224, 224))["flops"]
     assert flops / 1e6 == pytest.approx(149.5, abs=0.1)  # MobileNet paper
 
 
 def synthetic_benchmark():
-    env = benchmark.environment()
+    env = latency.environment()
     row = {
         "model": "shufflenet_1.0x_g3", "family": "shufflenet",
         "mode": "float32", "resolution": "224x224", "mflops": 137.46,
@@ -203,7 +206,7 @@ def synthetic_benchmark():
 
 
 def test_markdown_table_has_table_8_columns_and_a_caption():
-    text = benchmark.markdown_table(synthetic_benchmark())
+    text = reporting.markdown_table(synthetic_benchmark())
     lines = text.splitlines()
     assert lines[0] == (
         "| Model | Mode | MFLOPs | Params (M) | Size (MB) | XNNPACK pieces "
@@ -219,13 +222,13 @@ def test_markdown_table_has_table_8_columns_and_a_caption():
 
 def test_csv_and_json_record_runtime_versions_and_cpu():
     result = synthetic_benchmark()
-    rows = list(csv.DictReader(io.StringIO(benchmark.results_csv(result))))
+    rows = list(csv.DictReader(io.StringIO(reporting.results_csv(result))))
     assert len(rows) == 2
     assert rows[0]["ai_edge_litert"] == metadata.version("ai-edge-litert")
     assert rows[0]["tensorflow"] == tf.__version__
-    assert rows[0]["cpu_model"] == benchmark.cpu_model() != ""
+    assert rows[0]["cpu_model"] == latency.cpu_model() != ""
     assert float(rows[1]["median_ms"]) == 29.0
-    loaded = json.loads(benchmark.results_json(result))
+    loaded = json.loads(reporting.results_json(result))
     assert loaded["environment"]["ai_edge_litert"] == metadata.version(
         "ai-edge-litert"
     )
@@ -234,7 +237,7 @@ def test_csv_and_json_record_runtime_versions_and_cpu():
 
 def test_plot_draws_one_point_per_model_mode_and_resolution(tmp_path):
     path = tmp_path / "latency.png"
-    points = benchmark.plot_latency(synthetic_benchmark(), path)
+    points = reporting.plot_latency(synthetic_benchmark(), path)
     assert points == {"224x224": 1, "480x640": 1}
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -251,7 +254,7 @@ def small_net(input_shape, logits):
     return keras.Model(inputs, x)
 
 
-SMALL_NET = benchmark.ModelSpec(
+SMALL_NET = lite_specs.ModelSpec(
     "small_net", "test", builder=small_net, kwargs=(("version", 1),)
 )
 
@@ -312,7 +315,7 @@ def test_user_tflite_runs_at_its_own_size_and_type(tiny_run):
     _, _, first, _ = tiny_run
     int8 = next(r for r in first["results"] if r["mode"] == "int8")
     result = benchmark.run_benchmark(
-        [benchmark.tflite_spec(int8["path"])], num_runs=2, warmup=0,
+        [lite_specs.tflite_spec(int8["path"])], num_runs=2, warmup=0,
     )
     (row,) = result["results"]
     assert row["resolution"] == RESOLUTION
@@ -326,26 +329,26 @@ def test_user_tflite_runs_at_its_own_size_and_type(tiny_run):
 def test_thread_setting_is_honoured(tiny_run, num_threads):
     _, _, first, _ = tiny_run
     path = next(r["path"] for r in first["results"] if r["mode"] == "float32")
-    runner = benchmark.Runner(path, num_threads=num_threads)
-    times = benchmark.measure({"m": runner}, num_runs=30, warmup=2)
-    check = benchmark.thread_check(times["m"], num_threads,
+    runner = timing.Runner(path, num_threads=num_threads)
+    times = timing.measure({"m": runner}, num_runs=30, warmup=2)
+    check = timing.thread_check(times["m"], num_threads,
                                    runner.threads_started)
     # XNNPACK's pool starts num_threads - 1 workers: the setting took.
     assert runner.threads_started == num_threads - 1
     assert check["ok"], check
     if num_threads == 1:
         assert check["worker_cpu_share"] < 0.2
-    wrong = benchmark.thread_check(times["m"], 3, runner.threads_started)
+    wrong = timing.thread_check(times["m"], 3, runner.threads_started)
     assert not wrong["ok"]
 
 
 def test_creation_orders_are_forward_reverse_then_seeded_permutations():
-    orders = benchmark.creation_orders(5, 4)
+    orders = timing.creation_orders(5, 4)
     assert orders[0] == [0, 1, 2, 3, 4]
     assert orders[1] == [4, 3, 2, 1, 0]
     assert sorted(orders[2]) == sorted(orders[3]) == list(range(5))
     assert orders[2] != orders[3]
-    assert benchmark.creation_orders(5, 4) == orders  # Seeded.
+    assert timing.creation_orders(5, 4) == orders  # Seeded.
 
 
 def test_interpreters_are_recreated_per_layout_and_runs_pooled(
@@ -354,7 +357,7 @@ def test_interpreters_are_recreated_per_layout_and_runs_pooled(
     spec, cache, first, _ = tiny_run
     monkeypatch.setattr(latency, "_source_digest", lambda: "fixed")
     created = []
-    real_runner = benchmark.Runner
+    real_runner = timing.Runner
 
     def runner(path, num_threads=1):
         created.append(os.path.basename(path))

@@ -10,6 +10,8 @@ import pytest
 import keras_shufflenet as ks
 from keras_shufflenet import lite
 from keras_shufflenet.lite import rewrite as deploy
+from keras_shufflenet.lite import saved_model
+from keras_shufflenet.models import lowering
 
 SIZE = 32
 
@@ -105,13 +107,13 @@ def test_keras_applications_model_keeps_its_function():
 
 
 LOWERED = {
-    "preprocessing": ks.ImageNormalization,
-    "stage2_unit1_shortcut_pool": ks.DepthwiseAveragePooling2D,
-    "stage3_unit1_shortcut_pool": ks.DepthwiseAveragePooling2D,
-    "pool1_pad": ks.RowZeroPadding2D,
-    "stage3_unit1_shuffle": ks.DeferredChannelShuffle,
-    "stage3_unit1_dwconv": ks.PermutedDepthwiseConv2D,
-    "stage3_unit1_dwconv_bn": ks.ShufflingBatchNormalization,
+    "preprocessing": lowering.ImageNormalization,
+    "stage2_unit1_shortcut_pool": lowering.DepthwiseAveragePooling2D,
+    "stage3_unit1_shortcut_pool": lowering.DepthwiseAveragePooling2D,
+    "pool1_pad": lowering.RowZeroPadding2D,
+    "stage3_unit1_shuffle": lowering.DeferredChannelShuffle,
+    "stage3_unit1_dwconv": lowering.PermutedDepthwiseConv2D,
+    "stage3_unit1_dwconv_bn": lowering.ShufflingBatchNormalization,
 }
 
 
@@ -159,7 +161,7 @@ def test_only_stride_2_units_defer_their_shuffle():
     for stage in (2, 3, 4):
         unit1, unit2 = f"stage{stage}_unit1", f"stage{stage}_unit2"
         assert type(model.get_layer(f"{unit1}_shuffle")) is (
-            ks.DeferredChannelShuffle
+            lowering.DeferredChannelShuffle
         )
         assert model.get_layer(f"{unit1}_dwconv").shuffle_groups == 3
         assert type(model.get_layer(f"{unit2}_shuffle")) is ks.ChannelShuffle
@@ -313,6 +315,6 @@ def test_logits_of_a_deployment_graph_are_not_rewritten_again(any_size):
     deployed = deploy.deployment_model(
         wide(classifier_activation="softmax"), rewrites=GROUPWISE
     )
-    logits = lite.logits_model(deployed)
+    logits = saved_model.logits_model(deployed)
     assert logits.deployment_options == deployed.deployment_options
     assert deploy.deployment_model(logits) is logits

@@ -13,7 +13,9 @@ from PIL import Image
 from keras_shufflenet import ShuffleNet
 from keras_shufflenet import data
 from keras_shufflenet import lite
-from keras_shufflenet.lite import evaluation as lite_evaluation
+from keras_shufflenet.lite import evaluation
+from keras_shufflenet.lite import inspection
+from keras_shufflenet.lite import saved_model as lite_saved_model
 
 SIZE = 64
 CLASSES = 10
@@ -216,7 +218,7 @@ def test_uint8_input_takes_camera_frames_and_matches_int8(converted, images):
         raw.invoke()
         quantized = raw.get_tensor(raw.get_output_details()[0]["index"])
         out_uint8.append(
-            lite_evaluation._dequantize_output(quantized, raw.get_output_details()[0])
+            evaluation._dequantize_output(quantized, raw.get_output_details()[0])
         )
         shifted = (frame.astype(np.int16) - 128).astype(np.int8)[None]
         int8.set_tensor(int8.get_input_details()[0]["index"], shifted)
@@ -234,11 +236,11 @@ def test_uint8_input_takes_camera_frames_and_matches_int8(converted, images):
 def test_output_step_is_the_scale_the_output_is_quantized_with(converted):
     # An int8 output's own scale; through the DEQUANTIZE of a float
     # output, the scale of the int8 logits it reads (the same ranges).
-    step = lite.output_step(converted["int8_uint8_in"])
+    step = evaluation.output_step(converted["int8_uint8_in"])
     report = lite.model_report(converted["int8_uint8_in"])
     assert step == pytest.approx(report["outputs"][0]["scale"])
-    assert lite.output_step(converted["int8"]) == pytest.approx(step)
-    assert lite.output_step(converted["float32"]) is None
+    assert evaluation.output_step(converted["int8"]) == pytest.approx(step)
+    assert evaluation.output_step(converted["float32"]) is None
 
 
 def test_compare_outputs_counts_differences_in_output_steps():
@@ -376,9 +378,9 @@ def test_bad_arguments_raise_clear_errors(model, saved_model, calibration,
     with pytest.raises(ValueError, match="image_size"):
         lite.convert(model, image_size=96)
     with pytest.raises(FileNotFoundError, match="missing.keras"):
-        lite.load_model(str(tmp_path / "missing.keras"))
+        lite.load_or_build_model(str(tmp_path / "missing.keras"))
     with pytest.raises(FileNotFoundError, match="missing.weights.h5"):
-        lite.load_model(weights=str(tmp_path / "missing.weights.h5"))
+        lite.load_or_build_model(weights=str(tmp_path / "missing.weights.h5"))
     with pytest.raises(FileNotFoundError, match="saved_model.pb"):
         lite.convert_saved_model(tmp_path)
     with pytest.raises(FileNotFoundError, match="nothing.tflite"):
@@ -420,8 +422,8 @@ def _tiny_images(n=8):
 def test_softmax_model_is_compared_on_probabilities():
     model = _tiny_model("softmax")
     tflite = lite.convert(model)
-    assert lite.outputs_softmax(tflite)
-    assert lite.logits_model(model).layers[-1].name == "head"
+    assert evaluation.outputs_softmax(tflite)
+    assert lite_saved_model.logits_model(model).layers[-1].name == "head"
     images = _tiny_images(4)
     result = lite.evaluate_tflite(
         tflite, [(images, np.zeros(4, np.int32))], model
@@ -497,8 +499,8 @@ def test_ai_edge_quantizer_gives_the_named_ops_one_weight_scale(
         converted["float32"], calibration,
         per_tensor_ops=("DEPTHWISE_CONV_2D",),
     )
-    scales = lite.weight_scales(tflite)
-    assert {op for op, _ in scales} == set(lite.WEIGHTED_OPS)
+    scales = inspection.weight_scales(tflite)
+    assert {op for op, _ in scales} == set(inspection.WEIGHTED_OPS)
     for op, count in scales:
         # Per channel: one scale per output channel, more than one here.
         assert (count == 1) == (op == "DEPTHWISE_CONV_2D"), (op, count)
@@ -531,7 +533,7 @@ def test_xnnpack_scale_violation_is_found_and_auto_keeps_layer_float():
     model, images = _near_zero_variance_model()
     with pytest.warns(UserWarning, match="dw_bn"):
         tflite = lite.convert(model, mode="int8", calibration_data=images)
-    (violation,) = lite.xnnpack_scale_violations(tflite)
+    (violation,) = inspection.xnnpack_scale_violations(tflite)
     assert violation["layer"] == "dw_bn"
     assert violation["op"] == "DEPTHWISE_CONV_2D"
     assert violation["max_scale"] >= 256
@@ -543,7 +545,7 @@ def test_xnnpack_scale_violation_is_found_and_auto_keeps_layer_float():
 
     fixed = lite.convert(model, mode="int8", calibration_data=images,
                            float_layers=["auto"])
-    assert lite.xnnpack_scale_violations(fixed) == []
+    assert inspection.xnnpack_scale_violations(fixed) == []
     assert lite.xnnpack_coverage(fixed)["pieces"] == 1
     reference = model.predict(images.astype(np.float32), verbose=0)
     outputs = lite.TFLiteModel(fixed)(images)

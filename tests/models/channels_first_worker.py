@@ -25,6 +25,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_shufflenet as ks  # noqa: E402
+from keras_shufflenet.models import layers  # noqa: E402
 from keras_shufflenet.models import shufflenet  # noqa: E402
 
 
@@ -65,7 +66,7 @@ def _layer_errors():
             )
     shuffle = ks.ChannelShuffle(3, data_format="channels_first")
     y = keras.ops.convert_to_numpy(shuffle(x))
-    perm = ks.shuffle_permutation(12, 3)
+    perm = layers.shuffle_permutation(12, 3)
     errors["ChannelShuffle"] = float(np.abs(y - x[:, perm]).max())
     return errors
 

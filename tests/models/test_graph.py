@@ -5,6 +5,7 @@ import pytest
 
 import keras_shufflenet as ks
 from keras_shufflenet.models import graph
+from keras_shufflenet.models import layers
 
 
 @pytest.mark.parametrize("groups,order,contiguous", [
@@ -23,7 +24,7 @@ def test_shuffle_plan_sends_each_channel_where_the_shuffle_does(
         return
     sizes, orders = plan
     perm = (list(range(channels)) if shuffle is None else
-            ks.shuffle_permutation(channels, groups, order))
+            layers.shuffle_permutation(channels, groups, order))
     n = channels // groups
     # Rebuild every group's channels from the slices and compare.
     for j in range(groups):

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from keras_shufflenet import ChannelShuffle
 from keras_shufflenet import PointwiseGroupConv2D
-from keras_shufflenet import shuffle_permutation
+from keras_shufflenet.models.layers import shuffle_permutation
 from tests.models.channels_first_worker import numpy_group_conv
 
 WORKER = pathlib.Path(__file__).parent / "channels_first_worker.py"

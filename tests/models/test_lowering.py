@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 import keras_shufflenet as ks
+from keras_shufflenet.models import layers as models_layers
+from keras_shufflenet.models import lowering
 
 RNG = np.random.default_rng(0)
 
@@ -16,19 +18,19 @@ def batch(shape):
 
 CASES = {
     "normalization": lambda: (
-        ks.ImageNormalization(mean=[120.0, 110.0, 100.0],
+        lowering.ImageNormalization(mean=[120.0, 110.0, 100.0],
                               variance=[3600.0, 2500.0, 3000.0]),
         keras.layers.Normalization(mean=[120.0, 110.0, 100.0],
                                    variance=[3600.0, 2500.0, 3000.0]),
         (2, 6, 10, 3),
     ),
     "average_pool": lambda: (
-        ks.DepthwiseAveragePooling2D(3, 2),
+        lowering.DepthwiseAveragePooling2D(3, 2),
         keras.layers.AveragePooling2D(3, 2),
         (2, 9, 11, 5),
     ),
     "zero_padding": lambda: (
-        ks.RowZeroPadding2D(((2, 1), (0, 3))),
+        lowering.RowZeroPadding2D(((2, 1), (0, 3))),
         keras.layers.ZeroPadding2D(((2, 1), (0, 3))),
         (2, 5, 7, 6),
     ),
@@ -49,17 +51,17 @@ def test_a_lowering_computes_what_its_keras_layer_computes(case, training):
 
 def test_the_lowerings_run_at_inference_only():
     x = batch((1, 8, 8, 3))
-    pool = ks.DepthwiseAveragePooling2D(3, 2)
+    pool = lowering.DepthwiseAveragePooling2D(3, 2)
     pool.build(x.shape)
     assert pool._kernel.shape == (3, 3, 3, 1)
-    norm = ks.ImageNormalization(mean=[1.0] * 3, variance=[4.0] * 3)
+    norm = lowering.ImageNormalization(mean=[1.0] * 3, variance=[4.0] * 3)
     norm.build(x.shape)
     scale, offset = norm._tiled
     assert scale.shape == offset.shape == (8, 3)
     np.testing.assert_allclose(scale, 0.5)
     np.testing.assert_allclose(offset, -0.5)
     # Without a static width there is nothing to tile.
-    dynamic = ks.ImageNormalization(mean=[1.0] * 3, variance=[4.0] * 3)
+    dynamic = lowering.ImageNormalization(mean=[1.0] * 3, variance=[4.0] * 3)
     dynamic.build((None, None, None, 3))
     assert dynamic._tiled is None
 
@@ -75,14 +77,14 @@ def test_the_lowerings_keep_their_parents_configs():
 
 def test_image_normalization_needs_constant_statistics():
     with pytest.raises(ValueError, match="give `mean` and `variance`"):
-        ks.ImageNormalization()
+        lowering.ImageNormalization()
 
 
 def test_a_model_of_lowerings_round_trips_a_safe_keras_file(tmp_path):
     inputs = keras.Input((8, 8, 3))
-    y = ks.ImageNormalization(mean=[1.0] * 3, variance=[4.0] * 3)(inputs)
-    y = ks.RowZeroPadding2D(1)(y)
-    y = ks.DepthwiseAveragePooling2D(3, 2)(y)
+    y = lowering.ImageNormalization(mean=[1.0] * 3, variance=[4.0] * 3)(inputs)
+    y = lowering.RowZeroPadding2D(1)(y)
+    y = lowering.DepthwiseAveragePooling2D(3, 2)(y)
     model = keras.Model(inputs, y)
     path = tmp_path / "lowerings.keras"
     model.save(path)
@@ -114,7 +116,7 @@ def test_group_conv_infers_grouped_and_trains_split_with_one_function(groups):
 
 def test_set_group_conv_implementation_sets_training_and_inference():
     model = ks.ShuffleNet(0.25, 3, input_shape=(32, 32, 3), classes=4)
-    assert ks.set_group_conv_implementation(model, "dense") > 0
+    assert models_layers.set_group_conv_implementation(model, "dense") > 0
     convs = [
         layer for layer in model.layers
         if isinstance(layer, ks.PointwiseGroupConv2D)
@@ -131,12 +133,12 @@ def test_a_deferred_shuffle_gives_the_stride_2_unit_s_function(order):
     groups, channels = 3, 12
     rng = np.random.default_rng(1)
     layers = [
-        (ks.DeferredChannelShuffle(groups, order=order),
+        (lowering.DeferredChannelShuffle(groups, order=order),
          ks.ChannelShuffle(groups, order=order)),
-        (ks.PermutedDepthwiseConv2D(
+        (lowering.PermutedDepthwiseConv2D(
             3, strides=2, shuffle_groups=groups, shuffle_order=order),
          keras.layers.DepthwiseConv2D(3, strides=2)),
-        (ks.ShufflingBatchNormalization(
+        (lowering.ShufflingBatchNormalization(
             shuffle_groups=groups, shuffle_order=order),
          keras.layers.BatchNormalization()),
     ]
@@ -160,4 +162,4 @@ def test_a_deferred_shuffle_gives_the_stride_2_unit_s_function(order):
     np.testing.assert_array_equal(np.asarray(layers[0][0](x)), x)
     config = layers[1][0].get_config()
     assert (config["shuffle_groups"], config["shuffle_order"]) == (3, order)
-    assert ks.PermutedDepthwiseConv2D.from_config(config).shuffle_groups == 3
+    assert lowering.PermutedDepthwiseConv2D.from_config(config).shuffle_groups == 3

@@ -548,25 +548,24 @@ def test_every_name_is_spelled_by_variant_name():
         naming.parse_variant_name("resnet50")
 
 
-def test_an_old_spelling_is_read_with_a_deprecation_warning():
-    with pytest.warns(DeprecationWarning, match="'shufflenet_1.0x_g3'"):
-        parsed = naming.parse_variant_name("shufflenet_1.00x_g3")
-    assert (parsed["scale"], parsed["groups"]) == (1.0, 3)
-    with pytest.warns(DeprecationWarning, match="official_imagenet_0.5x_g8"):
-        entry = pretrained.get("official_imagenet_0.50x_g8")
-    assert entry.name == "official_imagenet_0.5x_g8"
+def test_a_name_spells_the_scale_one_way():
+    with pytest.raises(ValueError, match=r"write it as Python writes the "
+                       r"float, 1\.0\. Received: name='shufflenet_1\.00x_g3'"):
+        naming.parse_variant_name("shufflenet_1.00x_g3")
+    with pytest.raises(ValueError, match="Unknown pretrained weights"):
+        pretrained.get("official_imagenet_0.50x_g8")
 
 
 def test_weights_options_fill_unset_arguments_and_refuse_conflicts():
     entry = pretrained.get("official_imagenet_1.0x_g3")
-    assert pretrained.model_kwargs(
+    assert pretrained.architecture_options(
         entry, shuffle_order=None, include_preprocessing=None
     ) == {"shuffle_order": "official", "include_preprocessing": False}
     with pytest.raises(
         ValueError, match=r"need shuffle_order='official'\. Received: "
         r"shuffle_order='paper'"
     ):
-        pretrained.model_kwargs(
+        pretrained.architecture_options(
             entry, shuffle_order="paper", include_preprocessing=None
         )
     with pytest.raises(ValueError, match="include_preprocessing=True"):

@@ -55,6 +55,7 @@ def test_a_file_saved_by_0_1_0_loads_with_its_names_and_predictions(
     for a, b in zip(loaded.weights, built.weights):
         assert a.path == b.path
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert len(ks.network_parts(loaded).units) == 8
 
     images = saved_predictions["images"]
     got = loaded.predict(images, verbose=0)

@@ -15,7 +15,12 @@ from keras_shufflenet import data
 from keras_shufflenet import lite
 from keras_shufflenet import qat
 from keras_shufflenet import training
+from keras_shufflenet.lite import evaluation
+from keras_shufflenet.lite import inspection as lite_inspection
 from keras_shufflenet.models import ShuffleNet
+from keras_shufflenet.qat import conversion
+from keras_shufflenet.qat import inspection as qat_inspection
+from keras_shufflenet.training import config as training_config
 
 SIZE = 32
 CLASSES = 4
@@ -177,9 +182,9 @@ def _train_small_qat_model():
 
     twin = qat.tf_keras_twin(model, freeze_batch_norm=True)
     quantized = qat.qat_model(twin)
-    qat.pin_input_range(quantized)
-    qat.calibrate_ranges(quantized, twin, images)
-    variables = qat.trainable_variables(quantized)
+    conversion.pin_input_range(quantized)
+    conversion.calibrate_ranges(quantized, twin, images)
+    variables = conversion.trainable_variables(quantized)
     optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
     optimizer.build(variables)
     frozen = {
@@ -276,7 +281,7 @@ def test_tflite_agrees_with_the_qat_keras_model(trained):
     outputs = lite.TFLiteModel(tflite)(images)
     expected = quantized(images, training=False).numpy()
     result = lite.compare_outputs(
-        expected, outputs, labels, step=lite.output_step(tflite)
+        expected, outputs, labels, step=evaluation.output_step(tflite)
     )
     assert result["keras_top1"] > 0.9  # A real model.
     assert result["top1_agreement"] >= 0.995
@@ -349,7 +354,7 @@ def test_layer_steps_show_rounding_that_adds_up_over_the_units(trained):
     only, and every unit is reported, deeper ones further off."""
     _, quantized, _, _, _, _, tflite = trained
     images, _ = _labelled(4, seed=1)
-    steps = qat.layer_steps(quantized, tflite, images)
+    steps = qat_inspection.layer_steps(quantized, tflite, images)
     names = list(steps)
     assert names[:4] == [
         "quantize_layer", "preprocessing_scale", "preprocessing", "conv1_pad"
@@ -374,9 +379,9 @@ def test_each_layer_on_the_tflite_models_own_inputs_is_one_step_off(trained):
     converter did not take from QAT shows as a jump."""
     _, quantized, _, _, _, _, tflite = trained
     images, _ = _labelled(4, seed=1)
-    steps = qat.layer_steps(quantized, tflite, images, isolated=True)
+    steps = qat_inspection.layer_steps(quantized, tflite, images, isolated=True)
     # The same layers as through the whole network: every unit's.
-    assert list(steps) == list(qat.layer_steps(quantized, tflite, images))
+    assert list(steps) == list(qat_inspection.layer_steps(quantized, tflite, images))
     for name, value in steps.items():
         # One step, up to float32 rounding of (q - zero point) * scale.
         assert value <= 1.0 + 1e-4, (name, value)
@@ -388,7 +393,7 @@ def test_each_layer_on_the_tflite_models_own_inputs_is_one_step_off(trained):
     # Clips what lies above a tenth of the range QAT learned.
     high.assign(learned * 0.1)
     try:
-        moved = qat.layer_steps(quantized, tflite, images, isolated=True)
+        moved = qat_inspection.layer_steps(quantized, tflite, images, isolated=True)
     finally:
         high.assign(learned)
     assert moved["stage3_unit2_gconv1_relu"] > 2, moved
@@ -406,7 +411,7 @@ def _recipe(model_dir, qat_from):
 
 def test_qat_refuses_a_float_runs_model_dir(tmp_path):
     float_run = _recipe(tmp_path, "")
-    training.save_config(float_run, tmp_path / training.CONFIG_FILE)
+    training.save_config(float_run, tmp_path / training_config.CONFIG_FILE)
     with pytest.raises(ValueError, match="holds a float training run"):
         qat.QatTrainer(_recipe(tmp_path, tmp_path / "m.keras"))
 
@@ -419,7 +424,7 @@ def test_per_tensor_depthwise_without_qat_from_is_refused(tmp_path):
 
 
 def test_float_trainer_refuses_a_qat_config(tmp_path):
-    with pytest.raises(ValueError, match="keras_shufflenet.qat.train"):
+    with pytest.raises(ValueError, match="keras_shufflenet.qat.train_qat"):
         training.Trainer(_recipe(tmp_path, tmp_path / "m.keras"))
 
 
@@ -469,7 +474,7 @@ def test_qat_recipe_exports_int8_and_resumes_bit_exactly(
     ops = collections.Counter(lite.op_list(result.tflite_path))
     assert ops["QUANTIZE"] == 1 and ops["DEQUANTIZE"] == 1
     per_tensor = collections.defaultdict(set)
-    for op, scales in lite.weight_scales(result.tflite_path):
+    for op, scales in lite_inspection.weight_scales(result.tflite_path):
         per_tensor[op].add(scales == 1)
     assert per_tensor == {
         "DEPTHWISE_CONV_2D": {True},  # The units' and the shortcut pools'.
@@ -489,8 +494,8 @@ def test_qat_recipe_exports_int8_and_resumes_bit_exactly(
     for path in (tmp_path / "whole" / "checkpoints").glob("ckpt-2.*"):
         shutil.copy(path, restarted / "checkpoints" / path.name)
     shutil.copy(
-        tmp_path / "whole" / training.CONFIG_FILE,
-        restarted / training.CONFIG_FILE,
+        tmp_path / "whole" / training_config.CONFIG_FILE,
+        restarted / training_config.CONFIG_FILE,
     )
     # The export is checked above: this run ends at the weights.
     config = recipe(restarted)
@@ -501,7 +506,7 @@ def test_qat_recipe_exports_int8_and_resumes_bit_exactly(
     # The ranges come from the checkpoint: no calibration pass.
     calibrated = []
     monkeypatch.setattr(
-        qat.training, "calibrate_ranges", lambda *a: calibrated.append(a)
+        qat.trainer, "calibrate_ranges", lambda *a: calibrated.append(a)
     )
     assert resumed.fit().step == 4
     assert not calibrated

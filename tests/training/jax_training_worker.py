@@ -28,6 +28,8 @@ sys.path.insert(0, ROOT)
 
 from keras_shufflenet import data  # noqa: E402
 from keras_shufflenet import training  # noqa: E402
+from keras_shufflenet.training import backends  # noqa: E402
+from keras_shufflenet.training import preemption  # noqa: E402
 from keras_shufflenet.training.jax_training import OrbaxCheckpoints  # noqa: E402
 
 
@@ -99,7 +101,7 @@ def main(out):
     def mark(name):
         report["seconds"][name] = round(time.perf_counter() - start, 1)
 
-    trainer_class = training.trainer_class()
+    trainer_class = backends.trainer_class()
     report["trainer"] = trainer_class.__name__
 
     trainer = trainer_class(config(os.path.join(out, "two"), "mirrored"))
@@ -147,7 +149,7 @@ def main(out):
     try:
         trainer.fit()
         report["preempted"] = None
-    except training.Preempted as stopped:
+    except preemption.Preempted as stopped:
         report["preempted"] = {"checkpoint": stopped.checkpoint,
                                "step": trainer.step}
     trainer.checkpoints.close()

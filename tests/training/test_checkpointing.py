@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_shufflenet import training
+from keras_shufflenet.training import checkpointing
 
 
 def _model(units=3):
@@ -18,7 +18,7 @@ def _model(units=3):
 
 def _checkpoints(model_dir, model, max_to_keep=3):
     step = tf.Variable(0, dtype=tf.int64)
-    checkpoints = training.Checkpoints(
+    checkpoints = checkpointing.Checkpoints(
         str(model_dir), True, max_to_keep, model=model, step=step
     )
     return checkpoints, step
@@ -95,7 +95,7 @@ def test_no_usable_checkpoint_stops_with_the_folder_named(tmp_path):
     _save(checkpoints, step, model, [1])
     (tmp_path / "checkpoints" / "ckpt-1.index").write_bytes(b"")
     checkpoints, _ = _checkpoints(tmp_path, _model())
-    with pytest.raises(training.CheckpointError) as error:
+    with pytest.raises(checkpointing.CheckpointError) as error:
         checkpoints.restore(lambda line: None)
     assert str(tmp_path / "checkpoints") in str(error.value)
 

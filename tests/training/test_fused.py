@@ -117,7 +117,7 @@ def test_training_model_computes_the_models_function_and_gradients(config):
     keras.config.set_dtype_policy("float64")
     try:
         # The input normalisation's constants are float32 in the fused
-        # graph (as in `deploy`); leave it out to compare in float64.
+        # graph (as in `lite.rewrite`); leave it out to compare in float64.
         model = model_with_random_bn(include_preprocessing=False, **config)
         trainer = fused.training_model(model)
     finally:

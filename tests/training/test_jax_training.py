@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from keras_shufflenet import training
+from keras_shufflenet.training import backends
 
 WORKER = os.path.join(os.path.dirname(__file__), "jax_training_worker.py")
 
@@ -116,7 +116,7 @@ def test_a_resumed_run_writes_tensorboard_events_and_history(report):
 
 def test_torch_backend_is_refused_with_what_to_do_instead():
     with pytest.raises(ValueError, match="tensorflow or jax.*model.fit"):
-        training.trainer_class("torch")
+        backends.trainer_class("torch")
 
 
 def test_jax_without_the_extra_says_what_to_install(monkeypatch):
@@ -126,4 +126,4 @@ def test_jax_without_the_extra_says_what_to_install(monkeypatch):
     for name in ("jax", "orbax.checkpoint"):
         monkeypatch.setitem(sys.modules, name, None)
     with pytest.raises(ImportError, match=r'pip install -e "\.\[jax\]"'):
-        training.trainer_class("jax")
+        backends.trainer_class("jax")

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from keras_shufflenet import training
+from keras_shufflenet.training import preemption
 
 
 def _deliver(number):
@@ -18,8 +19,8 @@ def _deliver(number):
 def test_a_signal_is_recorded_then_ctrl_c_interrupts_and_handlers_return(
     first,
 ):
-    before = {n: signal.getsignal(n) for n in training.StopSignals.SIGNALS}
-    with training.StopSignals() as signals:
+    before = {n: signal.getsignal(n) for n in preemption.StopSignals.SIGNALS}
+    with preemption.StopSignals() as signals:
         _deliver(first)
         assert signals.received == first.name
         # Already stopping: a Ctrl-C now means it.
@@ -30,12 +31,12 @@ def test_a_signal_is_recorded_then_ctrl_c_interrupts_and_handlers_return(
 
 def test_disabled_stop_signals_leave_the_handlers_alone():
     before = signal.getsignal(signal.SIGTERM)
-    with training.StopSignals(enabled=False) as signals:
+    with preemption.StopSignals(enabled=False) as signals:
         assert signal.getsignal(signal.SIGTERM) is before
     assert signals.received is None
 
 
 def test_preempted_names_the_checkpoint_and_exits_with_75():
-    stopped = training.Preempted("SIGTERM", "/runs/a/checkpoints/ckpt-12")
+    stopped = preemption.Preempted("SIGTERM", "/runs/a/checkpoints/ckpt-12")
     assert stopped.exit_code == training.PREEMPTED_EXIT_CODE == 75
     assert "ckpt-12; the same command resumes" in str(stopped)

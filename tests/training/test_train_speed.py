@@ -7,22 +7,22 @@ import pytest
 
 from keras_shufflenet.training import fused
 from keras_shufflenet.training import throughput
-from keras_shufflenet.training.throughput import build
+from keras_shufflenet.training.throughput import build_bench_model
 from keras_shufflenet.training.throughput import training_throughput
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 
 
 def test_benchmark_model_names_select_the_lowering():
-    model = build("shufflenet_0.25x_g2_dense", (32, 32, 3))
+    model = build_bench_model("shufflenet_0.25x_g2_dense", (32, 32, 3))
     convs = [layer for layer in model.layers if hasattr(layer, "implementation")]
     assert convs and {c.implementation for c in convs} == {"dense"}
     with pytest.raises(ValueError, match="shufflenet_<scale>x_g<groups>"):
-        build("resnet50")
+        build_bench_model("resnet50")
 
 
 def test_fused_benchmark_model_is_the_training_graph_of_the_split_model():
-    model = build("shufflenet_0.25x_g3_fused", (32, 32, 3))
+    model = build_bench_model("shufflenet_0.25x_g3_fused", (32, 32, 3))
     units = [
         layer for layer in model.layers
         if isinstance(layer, fused.FusedShuffleUnit)

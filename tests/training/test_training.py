@@ -19,9 +19,16 @@ from PIL import Image
 
 from keras_shufflenet import data
 from keras_shufflenet import training
+from keras_shufflenet.data import config as data_config
 from keras_shufflenet.models import naming
+from keras_shufflenet.training import config as training_config
+from keras_shufflenet.training import determinism
+from keras_shufflenet.training import distribution
+from keras_shufflenet.training import evaluation
 from keras_shufflenet.training import faults
+from keras_shufflenet.training import flags
 from keras_shufflenet.training import fused
+from keras_shufflenet.training import optimization
 
 ROOT = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +59,7 @@ def tiny_config(model_dir, **overrides):
         ),
         data=data.InputConfig(source="digits", image_size=32),
     )
-    return training.apply_overrides(config, overrides)
+    return flags.apply_overrides(config, overrides)
 
 
 def tiny_flags(model_dir):
@@ -91,15 +98,15 @@ def run_program(args, **kwargs):
 
 
 def test_linear_decay_learning_rate_at_first_middle_and_last_step():
-    peak = training.scaled_learning_rate(0.5, 256, 1024)
+    peak = optimization.scaled_learning_rate(0.5, 256, 1024)
     assert peak == pytest.approx(0.125)
-    schedule = training.LinearDecay(peak, total_steps=1000)
+    schedule = optimization.LinearDecay(peak, total_steps=1000)
     assert float(schedule(0)) == pytest.approx(0.125)
     assert float(schedule(500)) == pytest.approx(0.0625)
     assert float(schedule(999)) == pytest.approx(0.125 / 1000)
     assert float(schedule(1000)) == 0.0
     assert float(schedule(5000)) == 0.0
-    warm = training.LinearDecay(1.0, total_steps=110, warmup_steps=10)
+    warm = optimization.LinearDecay(1.0, total_steps=110, warmup_steps=10)
     assert float(warm(0)) == pytest.approx(0.1)
     assert float(warm(4)) == pytest.approx(0.5)
     assert float(warm(9)) == pytest.approx(1.0)
@@ -109,12 +116,12 @@ def test_linear_decay_learning_rate_at_first_middle_and_last_step():
 
 
 def test_weight_decay_gradient_is_decay_times_kernel_and_zero_elsewhere():
-    model = training.build_model(
+    model = distribution.build_model(
         training.ModelConfig(scale=0.25, groups=3, shallow=True, se=True),
         num_classes=10,
         image_size=32,
     )
-    decayed = {id(v) for v in training.weight_decay_variables(model)}
+    decayed = {id(v) for v in optimization.weight_decay_variables(model)}
     kernels = [
         w
         for layer in model._flatten_layers(include_self=False)
@@ -127,7 +134,7 @@ def test_weight_decay_gradient_is_decay_times_kernel_and_zero_elsewhere():
     assert len(kernels) > 20
     wd = 4e-5
     with tf.GradientTape() as tape:
-        loss = training.weight_decay_loss(model, wd)
+        loss = optimization.weight_decay_loss(model, wd)
     variables = model.trainable_variables
     grads = tape.gradient(loss, variables)
     others = 0
@@ -145,7 +152,7 @@ def test_weight_decay_gradient_is_decay_times_kernel_and_zero_elsewhere():
 
 
 def test_overrides_parse_field_types_and_reject_bad_names_and_values():
-    config = training.apply_overrides(
+    config = flags.apply_overrides(
         training.ExperimentConfig(model_dir="x"),
         {
             "optimizer.lr": "0.1",
@@ -162,15 +169,15 @@ def test_overrides_parse_field_types_and_reject_bad_names_and_values():
     assert config.train.steps is None and config.train.eval_batch_size == 50
     assert config.data.aspect_ratio_range == (0.5, 2.0)
     assert config.strategy == "tpu"
-    roundtrip = training.config_from_dict(training.config_to_dict(config))
+    roundtrip = training_config.config_from_dict(training_config.config_to_dict(config))
     assert roundtrip == config
     with pytest.raises(ValueError, match=r"Did you mean \['optimizer.lr'\]"):
-        training.apply_overrides(config, {"lr": "0.1"})
+        flags.apply_overrides(config, {"lr": "0.1"})
     with pytest.raises(ValueError, match="`train.batch_size` expects a"):
-        training.apply_overrides(config, {"train.batch_size": "big"})
+        flags.apply_overrides(config, {"train.batch_size": "big"})
     with pytest.raises(ValueError, match="`strategy` must be one of"):
-        training.resolve_config(
-            training.apply_overrides(config, {"strategy": "gpu"})
+        training_config.resolve_config(
+            flags.apply_overrides(config, {"strategy": "gpu"})
         )
 
 
@@ -187,9 +194,9 @@ def test_every_paper_recipe_loads_and_matches_its_header():
             header = f.readline()
         match = pattern.fullmatch(header.strip())
         assert match, (path, header)
-        config = training.resolve_config(
-            training.apply_overrides(
-                training.load_recipe(path), {"model_dir": "x"}
+        config = training_config.resolve_config(
+            flags.apply_overrides(
+                flags.load_recipe(path), {"model_dir": "x"}
             )
         )
         assert config.model.scale == float(match[1])
@@ -223,7 +230,7 @@ def test_bn_recalibration_sets_statistics_to_average_of_batches():
         (np.stack(batches), np.zeros((5, 8)))
     )
     strategy = tf.distribute.get_strategy()
-    recalibration = training.BatchNormRecalibration(model, strategy)
+    recalibration = evaluation.BatchNormRecalibration(model, strategy)
     recalibration.run(iter(dataset), 5, steps_per_execution=2)
     bn = model.layers[0]
     np.testing.assert_allclose(
@@ -264,7 +271,7 @@ def test_loss_scaled_step_is_skipped_when_any_replica_overflows(mirrored):
                 context.replica_id_in_sync_group == 1, overflow
             )
             grad = tf.where(bad, np.inf, 8.0) * tf.ones(3)
-            training.apply_gradients(optimizer, [grad], [weight])
+            optimization.apply_gradients(optimizer, [grad], [weight])
 
         strategy.run(replica_fn)
 
@@ -280,14 +287,14 @@ def test_loss_scaled_step_is_skipped_when_any_replica_overflows(mirrored):
 
 def test_sync_batch_norm_flag_synchronizes_every_bn_layer():
     config = training.ModelConfig(scale=0.25, shallow=True)
-    plain = training.build_model(config, 10, 32)
-    synced = training.build_model(
+    plain = distribution.build_model(config, 10, 32)
+    synced = distribution.build_model(
         training.ModelConfig(scale=0.25, shallow=True, sync_batch_norm=True),
         10,
         32,
     )
-    layers = training.batch_norm_layers(synced)
-    assert len(layers) == len(training.batch_norm_layers(plain)) > 20
+    layers = distribution.batch_norm_layers(synced)
+    assert len(layers) == len(distribution.batch_norm_layers(plain)) > 20
     assert all(layer.synchronized for layer in layers)
     assert synced.count_params() == plain.count_params()
 
@@ -394,7 +401,7 @@ def test_nan_loss_stops_the_run_with_a_clear_message(tmp_path):
     kernel = trainer.model.get_layer("predictions").kernel
     kernel.assign(np.full(kernel.shape, np.nan, "float32"))
     with pytest.raises(
-        training.NonFiniteLossError,
+        optimization.NonFiniteLossError,
         match=r"training loss became nan between steps 0 and 3 .*"
         r"Lower `optimizer.lr`",
     ):
@@ -416,7 +423,7 @@ def test_multi_worker_two_processes_end_with_identical_weights(tmp_path):
         **{"train.bn_recalibration_epochs": 0.04},
     )
     config_json = tmp_path / "config.json"
-    config_json.write_text(json.dumps(training.config_to_dict(config)))
+    config_json.write_text(json.dumps(training_config.config_to_dict(config)))
     workers = [f"localhost:{_free_port()}" for _ in range(2)]
     processes = []
     for index in range(2):
@@ -513,13 +520,13 @@ def test_deterministic_program_runs_again_with_onednn_off(
     )
     if reruns:
         with pytest.raises(SystemExit):
-            training.rerun_without_onednn(config)
+            determinism.rerun_without_onednn(config)
         [(path, args, env)] = calls
         assert (path, args) == (sys.executable, [sys.executable, *sys.argv])
         assert env["TF_ENABLE_ONEDNN_OPTS"] == "0"
         assert env["PATH"] == os.environ["PATH"]
     else:
-        training.rerun_without_onednn(config)
+        determinism.rerun_without_onednn(config)
         assert not calls
 
 
@@ -668,7 +675,7 @@ def test_evaluation_of_a_split_with_too_many_bad_images_stops(
             folder / "good.png"
         )
     (tmp_path / "val" / "3" / "broken.png").write_bytes(b"not a png")
-    config = training.apply_overrides(
+    config = flags.apply_overrides(
         tiny_config(tmp_path / "unused"),
         {
             "data.source": "folder",
@@ -687,14 +694,14 @@ def test_evaluation_of_a_split_with_too_many_bad_images_stops(
 def test_data_model_scale_follows_the_model_and_a_conflict_is_refused(
     tmp_path,
 ):
-    config = training.resolve_config(tiny_config(tmp_path))
+    config = training_config.resolve_config(tiny_config(tmp_path))
     assert config.data.model_scale == 0.25
     assert config.data.area_range == (
-        data.default_min_crop_area(0.25), 1.0
+        data_config.default_min_crop_area(0.25), 1.0
     )
     with pytest.raises(
         ValueError, match=r"data.model_scale=0.5, model.scale=0.25"
     ):
-        training.resolve_config(
+        training_config.resolve_config(
             tiny_config(tmp_path, **{"data.model_scale": 0.5})
         )

@@ -21,11 +21,12 @@ sys.path.insert(
 import numpy as np
 
 from keras_shufflenet import training
+from keras_shufflenet.training import config as training_config
 
 
 def main(config_json, output_npz):
     with open(config_json) as f:
-        config = training.config_from_dict(json.load(f))
+        config = training_config.config_from_dict(json.load(f))
     result = training.train(config, verbose=False)
     weights = {
         f"{i:04d}_{w.path}": w.numpy()

@@ -13,6 +13,7 @@ import torch
 
 import keras_shufflenet as ks
 from keras_shufflenet.models import pretrained
+from keras_shufflenet.models import shufflenet
 from keras_shufflenet.weights import official
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -426,9 +427,9 @@ def test_weights_dir_defaults_inside_keras_home(tmp_path, monkeypatch):
 def test_registry_holds_the_eight_release_models_and_their_errors():
     assert sorted(
         (entry.scale, entry.groups) for entry in pretrained.REGISTRY.values()
-    ) == sorted(ks.OFFICIAL_WIDTHS)
+    ) == sorted(shufflenet.OFFICIAL_WIDTHS)
     for entry in pretrained.REGISTRY.values():
-        assert entry.model_kwargs == {
+        assert entry.architecture == {
             "shuffle_order": "official", "include_preprocessing": False
         }
         # Reported errors are those of top-1 and top-5, in percent.

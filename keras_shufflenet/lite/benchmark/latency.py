@@ -32,14 +32,16 @@ from keras_shufflenet.models.complexity import complexity
 from keras_shufflenet.utils.timing import timing_stats
 from keras_shufflenet.version import __version__
 
-MODES = ("float32", "int8")
-DEFAULT_CALIBRATION_IMAGES = 8
+# Latency does not depend on the quantization ranges: a few random images
+# calibrate the int8 conversions.
+NUM_RANDOM_CALIBRATION_IMAGES = 8
 # Sources that define the converted graphs, so they key the cache. The
-# converter settings (lite/converter.py) do not: clear the cache after
-# changing them.
-_SOURCES = (
+# converter settings (lite/tflite_converter.py) do not: clear the cache
+# after changing them.
+_GRAPH_SOURCES = (
     "lite/rewrite.py", "models/graph.py", "models/layers.py",
-    "models/shufflenet.py", "models/lowering.py", "lite/standard.py",
+    "models/parts.py", "models/shufflenet.py", "models/lowering.py",
+    "lite/standard.py",
 )
 _PACKAGE_DIR = os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,7 +50,7 @@ _PACKAGE_DIR = os.path.dirname(
 
 def _source_digest():
     digest = hashlib.sha256()
-    for name in _SOURCES:
+    for name in _GRAPH_SOURCES:
         with open(os.path.join(_PACKAGE_DIR, name), "rb") as f:
             digest.update(f.read())
     return digest.hexdigest()
@@ -60,7 +62,7 @@ def cache_key(spec, resolution, mode, num_calibration_images):
     The spec's configuration and deployment arguments, the resolution and
     mode, the calibration set size, the TensorFlow and Keras versions and
     the sources of `keras_shufflenet`'s model and deployment graph
-    (`_SOURCES`; changes to the converter settings need a fresh cache).
+    (`_GRAPH_SOURCES`; changes to the converter settings need a fresh cache).
 
     Returns:
         A 16-character hex string.
@@ -82,8 +84,9 @@ def cache_key(spec, resolution, mode, num_calibration_images):
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def calibration_images(resolution, num_images=DEFAULT_CALIBRATION_IMAGES,
-                       seed=0):
+def random_calibration_images(
+    resolution, num_images=NUM_RANDOM_CALIBRATION_IMAGES, seed=0
+):
     """Random pixel images for int8 calibration.
 
     Latency does not depend on the quantization ranges, so random images
@@ -95,7 +98,7 @@ def calibration_images(resolution, num_images=DEFAULT_CALIBRATION_IMAGES,
 
 
 def convert_cached(spec, resolution, mode, cache_dir,
-                   num_calibration_images=DEFAULT_CALIBRATION_IMAGES,
+                   num_calibration_images=NUM_RANDOM_CALIBRATION_IMAGES,
                    progress=None):
     """Converts `spec` at `resolution` in `mode`, or reuses the cached file.
 
@@ -130,7 +133,7 @@ def convert_cached(spec, resolution, mode, cache_dir,
     start = time.perf_counter()
     model = spec.build((height, width, 3), logits=mode == "int8")
     calibration = (
-        calibration_images(resolution, num_calibration_images)
+        random_calibration_images(resolution, num_calibration_images)
         if mode == "int8" else None
     )
     if spec.route in STANDARD_ROUTES:
@@ -217,7 +220,7 @@ def run_benchmark(
     warmup=DEFAULT_WARMUP,
     num_runs_by_resolution=None,
     cache_dir=None,
-    num_calibration_images=DEFAULT_CALIBRATION_IMAGES,
+    num_calibration_images=NUM_RANDOM_CALIBRATION_IMAGES,
     timer="wall",
     layouts=DEFAULT_LAYOUTS,
     progress=None,

@@ -14,6 +14,7 @@ from keras_shufflenet.lite.benchmark.timing import DEFAULT_NUM_RUNS
 from keras_shufflenet.lite.benchmark.timing import DEFAULT_WARMUP
 from keras_shufflenet.lite.benchmark.timing import measure_in_layouts
 from keras_shufflenet.models.complexity import complexity
+from keras_shufflenet.models.parts import network_parts
 from keras_shufflenet.utils.timing import timing_stats
 
 
@@ -30,20 +31,17 @@ def shufflenet_blocks(model):
         A list of `(block, layer name)`; the head's layer is the model's
         last.
     """
-    names = [layer.name for layer in model.layers]
-    blocks = [("stem", "conv1_relu"), ("pool1", "pool1")]
-    for name in names:
-        if name.startswith("stage") and name.endswith(("_relu", "_concat")):
-            unit = name.rsplit("_", 1)[0]
-            if not name.endswith(("gconv1_relu", "branch_relu")):
-                blocks.append((unit, name))
-    blocks.append(("head", names[-1]))
-    missing = [layer for _, layer in blocks if layer not in names]
+    parts = network_parts(model)
+    stem = [(role, parts.stem.get(role)) for role in ("conv1_relu", "pool1")]
+    missing = [role for role, layer in stem if layer is None]
     if missing:
         raise ValueError(
             f"`model` ({model.name!r}) is not a ShuffleNet: it has no "
             f"layers {missing}."
         )
+    blocks = [("stem", stem[0][1].name), ("pool1", stem[1][1].name)]
+    blocks += [(unit.name, unit.output.name) for unit in parts.units]
+    blocks.append(("head", model.layers[-1].name))
     return blocks
 
 

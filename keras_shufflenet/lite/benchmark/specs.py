@@ -199,7 +199,7 @@ def _peer(name, family, constructor, **kwargs):
 # The comparison models from `keras.applications` (random weights), with
 # the FLOPs the papers list: MobileNet (Table 8's comparison) 569/149/41 M,
 # MobileNetV2 300/97/59 M, MobileNetV3 Large/Small 217/57 M.
-PEERS = {
+LATENCY_PEERS = {
     spec.name: spec
     for spec in (
         _peer("mobilenet_1.0", "mobilenet", "MobileNet", alpha=1.0),
@@ -225,13 +225,11 @@ SHUFFLENETS = {
 
 def default_models():
     """Table 8's ShuffleNets followed by every peer, as `ModelSpec`s."""
-    return list(SHUFFLENETS.values()) + list(PEERS.values())
-
-
+    return list(SHUFFLENETS.values()) + list(LATENCY_PEERS.values())
 
 
 def model_specs(names):
-    """Looks up `ModelSpec`s by name (see `SHUFFLENETS` and `PEERS`).
+    """Looks up `ModelSpec`s by name (see `SHUFFLENETS` and `LATENCY_PEERS`).
 
     Args:
         names: Model names, such as `"mobilenet_0.5"` or
@@ -241,7 +239,7 @@ def model_specs(names):
     Returns:
         A list of `ModelSpec`s in the given order.
     """
-    known = {**SHUFFLENETS, **PEERS}
+    known = {**SHUFFLENETS, **LATENCY_PEERS}
     specs = []
     for name in names:
         if name in known:
