@@ -93,9 +93,9 @@ class InputConfig:
         crop_fraction: Side of the evaluation centre crop relative to the
             shorter image side. Defaults to 224/256.
         skip_bad_images: Skip and count undecodable images instead of
-            failing. Defaults to True. False uses a plain parallel map, about
-            8% less CPU per image, for data already validated (TFDS decodes
-            every image while preparing a dataset).
+            failing. Defaults to True. False uses a plain parallel map,
+            which costs less CPU per image, for data already validated
+            (TFDS decodes every image while preparing a dataset).
         max_bad_fraction: Largest fraction of undecodable images a run
             accepts; more stops it (`InputPipeline.check_bad_images`).
             Defaults to 0.01.

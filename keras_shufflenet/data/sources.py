@@ -233,10 +233,10 @@ class TFRecordSource:
 
         # Parsed PARSE_BATCH records at a time: one function call and one
         # pair of label checks per batch instead of per record. Parsed
-        # as read, before the shuffle buffer holds them: 4.6% more
-        # training images per CPU-second (recipes/bench_input.py) than
-        # parsing what the buffer lets out, and the same order, since a
-        # shuffle's order depends on its seed and size alone.
+        # as read, before the shuffle buffer holds them, which costs less
+        # CPU than parsing what the buffer lets out (recipes/README.md,
+        # "Input speed"), in the same order, since a shuffle's order
+        # depends on its seed and size alone.
         ds = ds.batch(PARSE_BATCH).map(parse, num_parallel_calls=AUTOTUNE)
         ds = ds.unbatch()
         if seed is not None and config.shuffle_buffer_size > 1:

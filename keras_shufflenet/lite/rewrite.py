@@ -37,12 +37,10 @@ DEFAULT_REWRITES = (
 )
 # The config keys the stride-2 lowerings add to their Keras layers'.
 SHUFFLE_CONFIG = ("shuffle_groups", "shuffle_order")
-# Which units "groupwise_units" rewrites (`_is_groupwise`), from per-stage
-# float32 measurements at 224x224 on x86: 2x g=3 gains in all three stages
-# (-0.36, -0.47, -0.13 ms), 1x in stage 3 (40 channels per group at 14x14:
-# -0.15 ms); a per-group bottleneck of 20 channels (1x stage 2, 0.5x stage
-# 3) or of 40 or 80 at 7x7 (0.5x, 1x stage 4) gains nothing or loses:
-# there, the extra ops cost what the dense convolutions save.
+# Which units "groupwise_units" rewrites (`_is_groupwise`): where a group's
+# bottleneck is narrow or its image small, the extra ops cost what the
+# dense convolutions save (the per-stage measurements: tflite/README.md,
+# "Measurements behind the rewrites").
 GROUPWISE_MIN_CHANNELS = 32  # Bottleneck channels per group.
 GROUPWISE_MIN_VALUES = 14 * 14 * 40  # Per-group bottleneck values.
 # XNNPACK delegates SPLIT into at most 4 and CONCATENATION of at most 5.
@@ -84,8 +82,8 @@ def deployment_model(
       tensor per group, and each unit becomes a `GroupwiseShuffleUnit`:
       its group convolutions are one dense CONV_2D per group, its batch
       norms fold into the kernels. Float graphs only: XNNPACK's int8
-      kernels run it slower. Measured: 0 (1x and 0.5x g=3 on an AVX2 x86
-      CPU, 2026-12) to 8% (2x g=3 on AVX-512) of float32 latency.
+      kernels run it slower. It gains on some CPUs and not on others
+      (tflite/README.md).
 
     Independently, every `PointwiseGroupConv2D` uses
     `group_conv_implementation`, for training and inference: `"grouped"`

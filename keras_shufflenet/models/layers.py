@@ -226,7 +226,7 @@ class PointwiseGroupConv2D(keras.layers.Layer):
         inference_implementation: The lowering at inference (`predict`,
             `evaluate`, `model.export`, SavedModels). Defaults to
             `"grouped"`. On TensorFlow's CPU kernels, which run a grouped
-            convolution through XLA, `"split"` predicts about 15% faster.
+            convolution through XLA, `"split"` predicts faster.
         use_bias: Whether to add a bias. Defaults to `False` (a batch norm
             follows in ShuffleNet).
         kernel_initializer: Defaults to `"he_normal"`.
@@ -322,10 +322,9 @@ class PointwiseGroupConv2D(keras.layers.Layer):
         )
         if implementation == "grouped" and _eager_tensorflow(inputs):
             # Keras' TensorFlow backend wraps each eager grouped convolution
-            # in a new XLA-compiled function, compiled again on every call
-            # (about 12 ms a layer); the split form computes the same
-            # function without it. Traced graphs (predict, export) keep one
-            # grouped convolution.
+            # in a new XLA-compiled function, compiled again on every call;
+            # the split form computes the same function without it. Traced
+            # graphs (predict, export) keep one grouped convolution.
             implementation = "split"
         # A 1x1 NCHW convolution without groups runs on TensorFlow's CPU
         # kernels only with oneDNN; Keras compiles grouped ones with XLA.

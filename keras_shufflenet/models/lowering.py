@@ -84,8 +84,8 @@ class ImageNormalization(keras.layers.Normalization):
     At inference, on a channels-last input with static width, it computes
     `x * scale + offset` with `scale = 1 / std` and `offset = -mean / std`
     tiled to `(width, channels)`. XNNPACK runs a broadcast of a 3-vector
-    over an image as one tiny kernel call per pixel (0.3-0.6 ms at 224x224
-    on x86, 9% of ShuffleNet 1x); tiled, it is one call per row.
+    over an image as one tiny kernel call per pixel; tiled, it is one call
+    per row (tflite/README.md, "Measurements behind the rewrites").
 
     Reference:
         Zhang et al., "ShuffleNet", section 4.5 (actual speedup).
@@ -172,7 +172,7 @@ class RowZeroPadding2D(keras.layers.ZeroPadding2D):
 
     At inference the image is reshaped to `(batch, height, width *
     channels)`, padded and reshaped back, so that XNNPACK's PAD copies
-    whole rows rather than one `channels`-long row per pixel (3x faster).
+    whole rows rather than one `channels`-long row per pixel.
     ShuffleNet uses it before the stem's max pool; a padding that feeds a
     convolution needs none, as XNNPACK folds it into the convolution.
 
@@ -239,8 +239,7 @@ class DeferredChannelShuffle(ChannelShuffle):
     `PermutedDepthwiseConv2D` and `ShufflingBatchNormalization`, built with
     the same `groups` and `order`, take their weights in the inverse
     permutation, and the batch norm shuffles its output, a tensor 4 times
-    smaller. Float32 ShuffleNet 1x (g=3) at 224x224 on x86 runs 3-6%
-    faster. The three layers only make sense together, as `ShuffleNet`
+    smaller. The three layers only make sense together, as `ShuffleNet`
     builds them.
 
     Reference:

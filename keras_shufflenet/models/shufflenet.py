@@ -447,8 +447,8 @@ def ShuffleNet(
             CONV_2D.
         bottleneck_multiple: Opt-in speed variant, not the paper's widths:
             rounds each group's bottleneck channels to a multiple of this,
-            e.g. 16 to fill XNNPACK's AVX-512 tiles (1x g=3: 143.8 MFLOPs,
-            6% faster in float32 TFLite on x86). Defaults to 1 (exact).
+            e.g. 16 to fill XNNPACK's AVX-512 tiles (1x g=3: 143.8 MFLOPs;
+            its latency: tflite/README.md). Defaults to 1 (exact).
         include_top: Whether to include the classifier. Defaults to True.
         include_preprocessing: Whether the model normalises its input
             itself, so that it takes RGB pixel values in [0, 255] (a TFLite

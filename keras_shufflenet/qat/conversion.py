@@ -238,8 +238,8 @@ def convert_qat(
         tf.TensorSpec(shape, tf.float32, name="image")
     )
     # The converter saves what it is given as a SavedModel first: given the
-    # tf_keras model, it traces every layer's functions (49 s for a small
-    # ShuffleNet); given only the variables, 7 s.
+    # tf_keras model, it traces every layer's functions; given only the
+    # variables, none.
     variables = tf.Module()
     variables.weights = list(model.weights)
     converter = tf.lite.TFLiteConverter.from_concrete_functions(

@@ -69,7 +69,7 @@ class RowZeroPadding(LAYERS.Layer):
     graph: RESHAPE to `(batch, height, width * channels)`, PAD, RESHAPE
     back. A rank-4 padding of `(height, width * channels, 1)` would name
     the same ops, but XNNPACK copies its one-value innermost rows one by
-    one: ShuffleNet 1x int8 ran 60% slower for it.
+    one (tflite/README.md, "PTQ or QAT").
 
     Args:
         padding: `((top, bottom), (left, right))` in pixels.

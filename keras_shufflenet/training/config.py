@@ -53,8 +53,8 @@ class ModelConfig:
             per-replica batch is small. Defaults to False.
         fused_training: Train through `training_model`, which
             computes the same function with the model's own weights in
-            fewer passes over the activations (1.3x the images/s on CPU
-            for 1x g=3). Defaults to True.
+            fewer passes over the activations (README.md, "Training
+            speed"). Defaults to True.
     """
     scale: float = 1.0
     groups: int = 3

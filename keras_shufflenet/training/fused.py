@@ -5,8 +5,7 @@ as separate element-wise ops (no fused kernel; keras-team/keras-core#225),
 and a pointwise group convolution on CPU or GPU needs the input split into
 groups and the outputs concatenated again. Each of those ops is one more
 pass over an activation tensor. In ShuffleNet 1x (g=3) they cost more than
-the convolutions: without batch norm the same network trains 1.8x faster
-on CPU.
+the convolutions (README.md, "Training speed").
 
 `training_model(model)` returns a second functional model that holds no
 weights of its own: its layers wrap the layers of `model` and use their

@@ -101,8 +101,8 @@ class TrainStep:
         return tf.gather(last, tf.argmax(order)) + tf.constant([0, 1])
 
     # No Python control flow on tensors here: AutoGraph would only convert
-    # the model's layers, which tf_keras does layer by layer (40% of a QAT
-    # step's tracing; Keras 3 layers it leaves alone).
+    # the model's layers, which tf_keras does layer by layer, a large part
+    # of a QAT step's tracing (Keras 3 layers it leaves alone).
     @tf.autograph.experimental.do_not_convert
     def _step(self, images, labels):
         replicas = self.strategy.num_replicas_in_sync

@@ -103,7 +103,7 @@ class TrainingBench:
             )
             # Built outside the train function: without a strategy, Keras
             # creates the slots during the first trace, and tf.function
-            # then traces the whole step twice (~40% of the set-up).
+            # then traces the whole step twice.
             model.optimizer.build(model.trainable_variables)
             for _ in range(warmup):
                 model.train_on_batch(self.x, self.y)

@@ -232,8 +232,9 @@ def run_benchmark(
     user `.tflite` runs once, at its own resolution and type.
 
     Where a model's memory lands biases its latency: interpreters created
-    first ran 3-11% slower than identical ones created later (x86, LiteRT
-    2.3). So the timed runs are split into `layouts` blocks, and before
+    first ran slower than identical ones created later (tflite/README.md,
+    "How it times"). So the timed runs are split into `layouts` blocks,
+    and before
     each block every interpreter is created anew, in forward order, then
     reverse order, then seeded random orders; the blocks' times are
     pooled.
