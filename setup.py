@@ -38,8 +38,6 @@ setuptools.setup(
         "ai-edge-litert>=2.0",
     ],
     extras_require={
-        # Reading the official PyTorch checkpoints. 2.13.0 is the CPU build.
-        "torch": ["torch==2.13.0"],
         # The LiteRT quantizer, an alternative to the converter's int8.
         "quantizer": ["ai-edge-quantizer==0.10.0"],
         # Training on Keras' JAX backend (CPU build; install jax[cuda12] or
@@ -54,6 +52,9 @@ setuptools.setup(
             "pytest>=8,<9.2",
             "pytest-xdist>=3",
             "pillow",
+            # The sources' networks in PyTorch, which the checkpoint tests
+            # compare against (the package reads checkpoints without it).
+            # 2.13.0 is the CPU build.
             "torch==2.13.0",
             # The model family and the training recipe on Keras' JAX
             # backend (CPU build), as the [jax] extra.

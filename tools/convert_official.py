@@ -1,9 +1,11 @@
 r"""Converts an official ShuffleNet v1 PyTorch checkpoint (megvii-model/
 ShuffleNet-Series) to Keras `.keras` and `.weights.h5` files.
 
-Needs `pip install 'keras_shufflenet[torch]'`. With the default output
-directory, `ShuffleNet(1.0, 3, weights="official_imagenet_1.0x_g3")` then
-finds the weights.
+Reads the file with the package's safe reader (no PyTorch, no code from
+the file). With the default output directory, the weights cache,
+`ShuffleNet(1.0, 3, weights="shufflenet_1.0x_g3.official")` then loads
+them. The same works without this program: put the checkpoint into the
+cache's `checkpoints/` folder, or pass its path as `weights=`.
 
 Example:
     python tools/convert_official.py --checkpoint=1.0x.pth.tar --scale=1.0 \
@@ -18,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-from keras_shufflenet.models import pretrained  # noqa: E402
+from keras_shufflenet.weights import download  # noqa: E402
 from keras_shufflenet.weights import official  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -30,7 +32,7 @@ flags.DEFINE_float("scale", None, "Width multiplier: 0.5, 1.0, 1.5 or 2.0.")
 flags.DEFINE_integer("groups", None, "Groups: 3 or 8.")
 flags.DEFINE_string(
     "output_dir", None,
-    "Where to write; defaults to pretrained.weights_dir() "
+    "Where to write; defaults to the weights cache "
     "($KERAS_SHUFFLENET_HOME, else ~/.keras/keras_shufflenet).",
 )
 flags.mark_flags_as_required(["checkpoint", "scale", "groups"])
@@ -43,19 +45,11 @@ def main(argv):
     try:
         result = official.convert_official_checkpoint(
             FLAGS.checkpoint, FLAGS.scale, FLAGS.groups,
-            output_dir=FLAGS.output_dir or pretrained.weights_dir(),
+            output_dir=FLAGS.output_dir or download.weights_home(),
         )
-    except (ValueError, FileNotFoundError, ImportError) as e:
+    except (ValueError, FileNotFoundError) as e:
         sys.exit(f"convert_official: {e}")
     print(f"sha256 of {FLAGS.checkpoint}: {result['sha256']}")
-    known = result["registry_sha256"]
-    if known is None:
-        print("The registry has no sha256 for this checkpoint yet.")
-    elif known != result["sha256"]:
-        print(f"WARNING: the released file's sha256 is {known}; this file "
-              "differs from it (another download or a fine-tuned model).")
-    else:
-        print("sha256 matches the released file.")
     print(f"Wrote {result['keras']}")
     print(f"Wrote {result['weights']}")
 

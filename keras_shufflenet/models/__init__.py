@@ -16,7 +16,8 @@ A user of this stage calls:
 
 The modules hold what other stages use: `lowering` (the layers the model
 lowers to at inference), `graph` (unit analysis for the derived graphs),
-`pretrained` (the registry of named weights) and `checks`.
+`pretrained` (the hook through which the `weights` stage resolves
+`weights="imagenet"` and checkpoint files) and `checks`.
 """
 
 from keras_shufflenet.models.complexity import complexity

@@ -9,6 +9,8 @@ import keras
 from keras_shufflenet.models.layers import GROUP_CONV_IMPLEMENTATIONS
 from keras_shufflenet.models.layers import SHUFFLE_ORDERS
 
+CONCAT_ORDERS = ("shortcut_first", "branch_first")
+
 # Table 1's group counts.
 GROUPS = (1, 2, 3, 4, 8)
 # The network downsamples by 32.
@@ -88,26 +90,79 @@ def check_weights(weights):
         return None
     if not isinstance(weights, (str, os.PathLike)):
         raise ValueError(
-            "`weights` must be None, a path to a .weights.h5 or .keras file, "
-            f"or a registered weights name. Received: weights={weights!r}"
+            "`weights` must be None, 'imagenet', a pretrained entry's name, "
+            "or the path of a checkpoint, .weights.h5 or .keras file. "
+            f"Received: weights={weights!r}"
         )
     return os.fspath(weights)
 
 
+def check_stem_width(stem_width, stage2, groups):
+    """Checks a conv1 width against stage 2's width and the groups."""
+    if not _is_positive_int(stem_width) or stem_width >= stage2 or (
+        (stage2 - stem_width) % groups
+    ):
+        raise ValueError(
+            "`stem_width` must be a positive int below stage 2's width "
+            f"({stage2}) that leaves the first unit's branch a multiple of "
+            f"groups ({groups}) channels. Received: stem_width={stem_width!r}"
+        )
+
+
+def check_pretrained_variant(
+    plan, *, shallow, se, shuffle, bottleneck_multiple, include_top,
+    classes, input_shape,
+):
+    """Checks `ShuffleNet`'s arguments against pretrained weights, as
+    keras.applications does (`classes`, the input size with a top)."""
+    if shallow or se or not shuffle or bottleneck_multiple != 1:
+        raise ValueError(
+            f"weights={plan.name!r} are for the plain variant (shallow=False, "
+            "se=False, shuffle=True, bottleneck_multiple=1). Received: "
+            f"shallow={shallow}, se={se}, shuffle={shuffle}, "
+            f"bottleneck_multiple={bottleneck_multiple}"
+        )
+    if not include_top:
+        return
+    if plan.classes is None:
+        raise ValueError(
+            f"weights={plan.name!r} hold no classifier: pass "
+            "include_top=False."
+        )
+    if classes != plan.classes:
+        raise ValueError(
+            f"weights={plan.name!r} have a {plan.classes}-class classifier: "
+            f"with include_top=True, `classes` must be {plan.classes}; use "
+            "include_top=False for another classifier. Received: "
+            f"classes={classes}"
+        )
+    channels_last = keras.config.image_data_format() == "channels_last"
+    spatial = tuple(input_shape[:2] if channels_last else input_shape[1:])
+    if plan.input_size is not None and spatial != tuple(plan.input_size):
+        raise ValueError(
+            f"weights={plan.name!r} classify {plan.input_size[0]}x"
+            f"{plan.input_size[1]} images: with include_top=True, "
+            "`input_shape` must be that size (use include_top=False for "
+            f"others). Received: input_shape={tuple(input_shape)}"
+        )
+
+
 def check_arguments(
-    *, se, shuffle, shuffle_order, group_conv_implementation,
+    *, se, shuffle, shuffle_order, concat_order, group_conv_implementation,
     bottleneck_multiple, include_top, include_preprocessing, pooling,
-    classes, classifier_activation,
+    classes, classifier_activation, classifier_bias, stem_width,
 ):
     """Checks `ShuffleNet`'s options other than the shape and the weights.
 
     Raises:
         ValueError: The first bad argument, by name, with what was expected.
     """
+    del stem_width  # Checked against the widths (`check_stem_width`).
     for argument, value in (
         ("se", se), ("shuffle", shuffle),
         ("include_top", include_top),
         ("include_preprocessing", include_preprocessing),
+        ("classifier_bias", classifier_bias),
     ):
         if not isinstance(value, bool):
             raise ValueError(
@@ -117,6 +172,11 @@ def check_arguments(
         raise ValueError(
             f"`shuffle_order` must be one of {SHUFFLE_ORDERS}. "
             f"Received: shuffle_order={shuffle_order!r}"
+        )
+    if concat_order not in CONCAT_ORDERS:
+        raise ValueError(
+            f"`concat_order` must be one of {CONCAT_ORDERS}. "
+            f"Received: concat_order={concat_order!r}"
         )
     if group_conv_implementation not in GROUP_CONV_IMPLEMENTATIONS:
         raise ValueError(

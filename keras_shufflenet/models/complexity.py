@@ -11,7 +11,6 @@ import keras
 
 from keras_shufflenet.models.layers import PointwiseGroupConv2D
 from keras_shufflenet.models.layers import iter_layers
-from keras_shufflenet.models.pretrained import OFFICIAL_COMPLEXITY
 from keras_shufflenet.models.shufflenet import ShuffleNet
 
 
@@ -117,6 +116,15 @@ PAPER_MFLOPS = {
 
 # Table 2 gives one complexity per width for all group counts.
 PAPER_MFLOPS_BY_SCALE = {1.0: 140, 0.5: 38, 0.25: 13}
+
+# (MFLOPs, parameters in millions) of the official release's models, from
+# its results table (megvii-model/ShuffleNet-Series, ShuffleNetV1).
+OFFICIAL_COMPLEXITY = {
+    (0.5, 3): (38, 0.7), (1.0, 3): (138, 1.9),
+    (1.5, 3): (292, 3.4), (2.0, 3): (524, 5.4),
+    (0.5, 8): (40, 1.0), (1.0, 8): (138, 2.4),
+    (1.5, 8): (290, 4.3), (2.0, 8): (522, 6.5),
+}
 
 
 def paper_mflops(scale, groups, se=False, shallow=False):

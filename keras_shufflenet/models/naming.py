@@ -32,8 +32,7 @@ def variant_name(
         shallow: Adds `_shallow`.
         se: Adds `_se`.
         shuffle: False adds `_noshuffle`.
-        prefix: What the name is of. Defaults to `"shufflenet"`; the
-            official weights use `"official_imagenet"`.
+        prefix: What the name is of. Defaults to `"shufflenet"`.
 
     Returns:
         A string.

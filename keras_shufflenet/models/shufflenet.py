@@ -15,7 +15,9 @@ from keras import layers
 
 from keras_shufflenet.models.checks import check_arguments
 from keras_shufflenet.models.checks import check_input_shape
+from keras_shufflenet.models.checks import check_pretrained_variant
 from keras_shufflenet.models.checks import check_scale_groups
+from keras_shufflenet.models.checks import check_stem_width
 from keras_shufflenet.models.layers import ChannelShuffle
 from keras_shufflenet.models.layers import PointwiseGroupConv2D
 from keras_shufflenet.models.layers import channel_axis
@@ -29,7 +31,9 @@ from keras_shufflenet.models.lowering import ShufflingBatchNormalization
 from keras_shufflenet.models.naming import variant_name
 from keras_shufflenet.models.parts import layer_name
 from keras_shufflenet.models.parts import network_parts
-from keras_shufflenet.models.pretrained import resolve_weights
+from keras_shufflenet.models.pretrained import WeightsPlan
+from keras_shufflenet.models.pretrained import architecture_options
+from keras_shufflenet.models.pretrained import plan_weights
 from keras_shufflenet.utils.onednn import tensorflow_runs_nchw_conv
 
 # Table 1: output channels of stages 2, 3 and 4 of "ShuffleNet 1x" for each
@@ -71,7 +75,7 @@ def round_to_multiple(value, multiple):
     return max(multiple, int(math.floor(value / multiple + 0.5)) * multiple)
 
 
-def shufflenet_widths(scale, groups):
+def shufflenet_widths(scale, groups, stem_width=None):
     """Returns the output widths `(conv1, stage2, stage3, stage4)`.
 
     One rule for every positive `scale`: each width is Table 1's 1x width
@@ -94,17 +98,28 @@ def shufflenet_widths(scale, groups):
     Args:
         scale: Width multiplier `s`, a positive number.
         groups: Number of groups: 1, 2, 3, 4 or 8.
+        stem_width: conv1's width instead of the rule's, e.g. pytorchcv's
+            `int(24 * scale)`. Defaults to None (the rule).
 
     Returns:
         A tuple of four ints.
+
+    Raises:
+        ValueError: A bad argument; a `stem_width` that leaves the first
+            unit's branch (stage 2 minus conv1) no channels or channels
+            not divisible by `groups`.
     """
     check_scale_groups(scale, groups)
     stage2 = max(
         2 * groups, round_to_multiple(STAGE2_WIDTHS[groups] * scale, groups)
     )
-    stem_scale = max(0.5, 2.0 ** math.floor(math.log2(scale)))
-    stem = round_to_multiple(STEM_WIDTH * stem_scale, groups)
-    stem = min(stem, stage2 - groups)
+    if stem_width is None:
+        stem_scale = max(0.5, 2.0 ** math.floor(math.log2(scale)))
+        stem = round_to_multiple(STEM_WIDTH * stem_scale, groups)
+        stem = min(stem, stage2 - groups)
+    else:
+        check_stem_width(stem_width, stage2, groups)
+        stem = stem_width
     return (stem, stage2, 2 * stage2, 4 * stage2)
 
 
@@ -214,6 +229,7 @@ def shufflenet_unit(
     shuffle_order="paper",
     implementation="split",
     bottleneck_multiple=1,
+    concat_order="shortcut_first",
     stage,
     index,
 ):
@@ -223,7 +239,8 @@ def shufflenet_unit(
     BN (no ReLU), 1x1 group conv, BN, and optionally squeeze-and-excitation.
     Stride 1 adds the identity, then ReLU. Stride 2 concatenates
     `[3x3/2 average-pooled shortcut, ReLU(branch)]`, the official release's
-    order; the branch produces `out_channels - in_channels` channels. The
+    order (or the branch first); the branch produces `out_channels -
+    in_channels` channels. The
     paper's ReLU after the concatenation is applied to the branch alone:
     the shortcut pools a ReLU output, so it is already non-negative and the
     two forms compute the same function, with one op fewer on device.
@@ -245,6 +262,8 @@ def shufflenet_unit(
         implementation: The `PointwiseGroupConv2D` lowering.
         bottleneck_multiple: Rounds each group's bottleneck channels to a
             multiple of this (see `ShuffleNet`). Defaults to 1.
+        concat_order: A stride-2 unit's concatenation: `"shortcut_first"`
+            or `"branch_first"`. Defaults to `"shortcut_first"`.
         stage: The unit's stage (2, 3 or 4 in Table 1).
         index: The unit's position in its stage, from 1. With `stage`, it
             names the unit's layers (`parts.layer_name`).
@@ -309,7 +328,10 @@ def shufflenet_unit(
     shortcut = DepthwiseAveragePooling2D(3, 2, name=name("shortcut_pool"))(
         shortcut
     )
-    return layers.Concatenate(axis=axis, name=name("concat"))([shortcut, y])
+    pieces = [shortcut, y] if concat_order == "shortcut_first" else [
+        y, shortcut
+    ]
+    return layers.Concatenate(axis=axis, name=name("concat"))(pieces)
 
 
 def preprocess_input(x):
@@ -367,14 +389,17 @@ def _stem(x, width):
     return layers.MaxPooling2D(3, 2, name=layer_name("pool1"))(x)
 
 
-def _head(x, include_top, pooling, classes, classifier_activation):
+def _head(x, include_top, pooling, classes, classifier_activation, bias):
     """Table 1's GlobalPool and FC, or the feature pooling without them."""
     # Under mixed precision the outputs are still float32.
     float32_out = keras.config.dtype_policy().compute_dtype != "float32"
     if include_top:
         x = layers.GlobalAveragePooling2D(name=layer_name("avg_pool"))(x)
-        # No bias, as in the official release (and its parameter counts).
-        x = layers.Dense(classes, use_bias=False, name=layer_name("predictions"))(x)
+        # No bias by default, as in the official release (and its
+        # parameter counts).
+        x = layers.Dense(
+            classes, use_bias=bias, name=layer_name("predictions")
+        )(x)
         if classifier_activation is not None or float32_out:
             x = layers.Activation(
                 classifier_activation or "linear",
@@ -399,10 +424,13 @@ def ShuffleNet(
     shallow=False,
     shuffle=True,
     shuffle_order=None,
+    concat_order=None,
+    stem_width=None,
     group_conv_implementation="split",
     bottleneck_multiple=1,
     include_top=True,
     include_preprocessing=None,
+    classifier_bias=None,
     weights=None,
     input_tensor=None,
     input_shape=None,
@@ -416,8 +444,13 @@ def ShuffleNet(
     The network is Table 1: a 3x3/2 conv (BN, ReLU) and a 3x3/2 max pool,
     three stages of 4, 8 and 4 ShuffleNet units whose first unit has
     stride 2, global average pooling and a fully connected classifier.
-    Padding, pooling and BN match the official PyTorch release, so its
-    ImageNet weights run exactly (see `from_official_checkpoint`).
+    Padding, pooling and BN match the PyTorch implementations, so their
+    ImageNet weights run exactly: `weights="imagenet"` downloads the most
+    accurate published checkpoint for the variant (`keras_shufflenet.
+    weights.pretrained_weights()` lists them). Where another
+    implementation's network differs (shuffle order, concatenation order,
+    stem width, classifier bias, input normalisation), an argument below
+    expresses it, and named weights set it.
 
     Reference:
         Zhang et al., "ShuffleNet", section 3.3 and Table 1; Table 5 for
@@ -436,9 +469,16 @@ def ShuffleNet(
         shuffle: Whether to shuffle channels; False is Table 3's ablation.
             Defaults to True.
         shuffle_order: `"paper"` or `"official"`, the official release's
-            inverse permutation, which its weights need. Defaults to
-            `"paper"`, or to what registered `weights` need (a conflicting
-            value is refused).
+            inverse permutation. Defaults to `"paper"`, or to what
+            pretrained `weights` need (a conflicting value is refused, as
+            for every argument that says "or what `weights` need").
+        concat_order: A stride-2 unit's concatenation, `"shortcut_first"`
+            (the paper's figure and the official release) or
+            `"branch_first"` (pytorchcv). Defaults to `"shortcut_first"`,
+            or to what `weights` need.
+        stem_width: conv1's output channels instead of
+            `shufflenet_widths`' rule (pytorchcv's stem is `int(24 *
+            scale)`). Defaults to the rule, or to what `weights` need.
         group_conv_implementation: Lowering of the pointwise group convs
             when training: `"split"`, `"grouped"` or `"dense"` (see
             `PointwiseGroupConv2D`). Defaults to `"split"`, the fastest to
@@ -453,18 +493,24 @@ def ShuffleNet(
         include_preprocessing: Whether the model normalises its input
             itself, so that it takes RGB pixel values in [0, 255] (a TFLite
             model then takes camera frames directly). Defaults to True, or
-            to what registered `weights` need (a conflicting value is
-            refused).
-        weights: None (random initialisation), a path to a `.weights.h5` or
-            `.keras` file, or the name of a registered pretrained set (see
-            `keras_shufflenet.models.pretrained`). Defaults to None.
+            to what `weights` need.
+        classifier_bias: Whether the classifier has a bias. Defaults to
+            False (the official release has none), or to what `weights`
+            need.
+        weights: None (random initialisation); `"imagenet"`; the name of a
+            pretrained entry, such as `"shufflenet_1.0x_g3.pytorchcv"`; a
+            checkpoint of a supported implementation (`.pth`, `.pth.tar`,
+            `.pth.zip`); or a `.weights.h5` or `.keras` file. Defaults to
+            None.
         input_tensor: Optional Keras tensor to use as the image input.
         input_shape: Optional `(height, width, 3)` tuple; height and width
-            are at least 32 or None. Defaults to (224, 224, 3).
+            are at least 32 or None. Defaults to (224, 224, 3). With
+            pretrained weights and `include_top=True` it must be the size
+            the classifier was trained at, as in keras.applications.
         pooling: Feature pooling when `include_top=False`: None (the 4-D
             stage 4 output), `"avg"` or `"max"`.
         classes: Number of classes when `include_top=True`. Defaults to
-            1000.
+            1000; pretrained weights need their own classifier's count.
         classifier_activation: Activation of the classifier, a string or
             callable; None returns logits. Defaults to `"softmax"`.
         name: Model name. Defaults to `variant_name(...)`, e.g.
@@ -474,50 +520,53 @@ def ShuffleNet(
         A functional `keras.Model`. Its outputs are float32 under mixed
         precision policies too.
     """
-    weights, options = resolve_weights(
-        weights, scale, groups, include_top=include_top, classes=classes,
-        shuffle_order=shuffle_order,
-        include_preprocessing=include_preprocessing,
+    plan = plan_weights(weights, scale, groups)
+    options = architecture_options(
+        plan if isinstance(plan, WeightsPlan) else None,
+        shuffle_order=shuffle_order, concat_order=concat_order,
+        stem_width=stem_width, include_preprocessing=include_preprocessing,
+        classifier_bias=classifier_bias,
     )
-    shuffle_order = options["shuffle_order"] or "paper"
-    include_preprocessing = options["include_preprocessing"] is not False
     check_arguments(
-        se=se, shuffle=shuffle, shuffle_order=shuffle_order,
-        group_conv_implementation=group_conv_implementation,
-        bottleneck_multiple=bottleneck_multiple, include_top=include_top,
-        include_preprocessing=include_preprocessing, pooling=pooling,
-        classes=classes, classifier_activation=classifier_activation,
+        se=se, shuffle=shuffle, group_conv_implementation=(
+            group_conv_implementation
+        ), bottleneck_multiple=bottleneck_multiple, include_top=include_top,
+        pooling=pooling, classes=classes,
+        classifier_activation=classifier_activation, **options,
     )
     input_shape = check_input_shape(
-        input_shape, input_tensor, include_preprocessing
+        input_shape, input_tensor, options["include_preprocessing"]
     )
+    if isinstance(plan, WeightsPlan):
+        check_pretrained_variant(
+            plan, shallow=shallow, se=se, shuffle=shuffle,
+            bottleneck_multiple=bottleneck_multiple, include_top=include_top,
+            classes=classes, input_shape=input_shape,
+        )
     # Halving the units halves the stages' FLOPs; widening by sqrt(2)
     # restores them, as Table 5 compares "0.5x shallow" at ~40 MFLOPs.
-    widths = shufflenet_widths(scale * (math.sqrt(2) if shallow else 1), groups)
+    widths = shufflenet_widths(
+        scale * (math.sqrt(2) if shallow else 1), groups,
+        options["stem_width"],
+    )
     _warn_if_channels_first_cannot_run()
 
     image = _image_input(input_tensor, input_shape)
-    x = _preprocessing_layer()(image) if include_preprocessing else image
-    stem, *stage_widths = widths
-    x = _stem(x, stem)
-    repeats = SHALLOW_STAGE_REPEATS if shallow else STAGE_REPEATS
-    for stage, (width, units) in enumerate(zip(stage_widths, repeats), 2):
-        for unit in range(1, units + 1):
-            x = shufflenet_unit(
-                x,
-                width,
-                groups,
-                stride=2 if unit == 1 else 1,
-                group_first_conv=not (stage == 2 and unit == 1),
-                se=se,
-                shuffle=shuffle,
-                shuffle_order=shuffle_order,
-                implementation=group_conv_implementation,
-                bottleneck_multiple=bottleneck_multiple,
-                stage=stage,
-                index=unit,
-            )
-    x = _head(x, include_top, pooling, classes, classifier_activation)
+    x = image
+    if options["include_preprocessing"]:
+        x = _preprocessing_layer()(x)
+    x = _stem(x, widths[0])
+    x = _stages(
+        x, widths[1:], groups, shallow=shallow, se=se, shuffle=shuffle,
+        shuffle_order=options["shuffle_order"],
+        concat_order=options["concat_order"],
+        implementation=group_conv_implementation,
+        bottleneck_multiple=bottleneck_multiple,
+    )
+    x = _head(
+        x, include_top, pooling, classes, classifier_activation,
+        options["classifier_bias"],
+    )
 
     if input_tensor is not None:
         image = keras.utils.get_source_inputs(input_tensor)
@@ -525,9 +574,29 @@ def ShuffleNet(
         scale, groups, shallow=shallow, se=se, shuffle=shuffle
     )
     model = keras.Model(image, x, name=name)
-    if weights is not None:
-        load_weights(model, weights)
+    if isinstance(plan, WeightsPlan):
+        plan.load(model)
+    elif plan is not None:
+        load_weights(model, plan)
     return model
+
+
+def _stages(x, widths, groups, *, shallow, **unit_options):
+    """Table 1's stages 2 to 4; each first unit has stride 2."""
+    repeats = SHALLOW_STAGE_REPEATS if shallow else STAGE_REPEATS
+    for stage, (width, units) in enumerate(zip(widths, repeats), 2):
+        for unit in range(1, units + 1):
+            x = shufflenet_unit(
+                x,
+                width,
+                groups,
+                stride=2 if unit == 1 else 1,
+                group_first_conv=not (stage == 2 and unit == 1),
+                stage=stage,
+                index=unit,
+                **unit_options,
+            )
+    return x
 
 
 def feature_extractor(model):

@@ -5,10 +5,10 @@ import keras
 import pytest
 
 import keras_shufflenet as ks
+from keras_shufflenet.models.complexity import OFFICIAL_COMPLEXITY
 from keras_shufflenet.models.complexity import PAPER_MFLOPS
 from keras_shufflenet.models.complexity import complexity_table
 from keras_shufflenet.models.complexity import format_table
-from keras_shufflenet.models.pretrained import OFFICIAL_COMPLEXITY
 
 
 @pytest.mark.parametrize("key", sorted(PAPER_MFLOPS))

@@ -447,6 +447,12 @@ def test_weights_with_wrong_suffix_are_refused():
     (dict(se="yes"), r"se='yes'"),
     (dict(bottleneck_multiple=0), r"bottleneck_multiple=0"),
     (dict(weights=3), r"weights=3"),
+    (dict(concat_order="random"), r"concat_order='random'"),
+    (dict(classifier_bias=1), r"`classifier_bias` must be a bool"),
+    # Stage 2 of 0.25x g3 is 60 wide: conv1 must leave the first unit's
+    # branch a positive multiple of 3 channels.
+    (dict(stem_width=60), r"below stage 2's width \(60\).*stem_width=60"),
+    (dict(stem_width=7), r"multiple of groups \(3\).*stem_width=7"),
 ])
 def test_bad_arguments_are_refused_with_a_clear_message(kwargs, match):
     kwargs = {"scale": 0.25, "groups": 3, "input_shape": (32, 32, 3), **kwargs}
@@ -538,7 +544,6 @@ def test_every_name_is_spelled_by_variant_name():
     assert naming.variant_name(0.5, 3, shallow=True) == (
         "shufflenet_0.5x_g3_shallow"
     )
-    assert pretrained.official_name(1.0, 3) == "official_imagenet_1.0x_g3"
     parsed = naming.parse_variant_name("shufflenet_0.5x_g8_shallow_split")
     assert parsed == {
         "scale": 0.5, "groups": 8, "shallow": True, "se": False,
@@ -552,25 +557,30 @@ def test_a_name_spells_the_scale_one_way():
     with pytest.raises(ValueError, match=r"write it as Python writes the "
                        r"float, 1\.0\. Received: name='shufflenet_1\.00x_g3'"):
         naming.parse_variant_name("shufflenet_1.00x_g3")
-    with pytest.raises(ValueError, match="Unknown pretrained weights"):
-        pretrained.get("official_imagenet_0.50x_g8")
 
 
 def test_weights_options_fill_unset_arguments_and_refuse_conflicts():
-    entry = pretrained.get("official_imagenet_1.0x_g3")
-    assert pretrained.architecture_options(
-        entry, shuffle_order=None, include_preprocessing=None
-    ) == {"shuffle_order": "official", "include_preprocessing": False}
+    plan = pretrained.WeightsPlan(
+        name="w", architecture={"shuffle_order": "official",
+                                "include_preprocessing": False},
+        classes=1000, input_size=(224, 224), load=None,
+    )
+    options = pretrained.architecture_options(
+        plan, shuffle_order=None, include_preprocessing=None, stem_width=None
+    )
+    assert options == {
+        "shuffle_order": "official", "include_preprocessing": False,
+        "concat_order": "shortcut_first", "classifier_bias": False,
+        "stem_width": None,
+    }
     with pytest.raises(
         ValueError, match=r"need shuffle_order='official'\. Received: "
         r"shuffle_order='paper'"
     ):
-        pretrained.architecture_options(
-            entry, shuffle_order="paper", include_preprocessing=None
-        )
+        pretrained.architecture_options(plan, shuffle_order="paper")
     with pytest.raises(ValueError, match="include_preprocessing=True"):
         ks.ShuffleNet(
-            1.0, 3, weights="official_imagenet_1.0x_g3",
+            1.0, 3, weights="shufflenet_1.0x_g3.official",
             include_preprocessing=True,
         )
 

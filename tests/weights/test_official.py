@@ -1,5 +1,6 @@
-"""Tests of the official-checkpoint converter and the weights registry,
-against a PyTorch model with the release's layout (official_reference)."""
+"""Tests of the official release's checkpoints: read with the package's
+safe reader, mapped through `models.parts`, against a PyTorch model with
+the release's layout (official_reference)."""
 
 import hashlib
 import os
@@ -12,25 +13,15 @@ import pytest
 import torch
 
 import keras_shufflenet as ks
-from keras_shufflenet.models import pretrained
-from keras_shufflenet.models import shufflenet
 from keras_shufflenet.weights import official
+from keras_shufflenet.weights import sources
 
 sys.path.insert(0, os.path.dirname(__file__))
+from helpers import RELATIVE_TOLERANCE  # noqa: E402
+from helpers import keras_logits as logits  # noqa: E402
+from helpers import randomize  # noqa: E402
+from helpers import smooth_images  # noqa: E402
 from official_reference import ReferenceShuffleNetV1  # noqa: E402
-
-RELATIVE_TOLERANCE = 1e-4
-
-
-def smooth_images(n, size, seed):
-    """RGB images in [0, 255]: coarse colour blobs, different per image."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.uniform(0, 255, (n, 4, 4, 3))
-    reps = -(-size // 4)
-    fine = np.repeat(np.repeat(coarse, reps, axis=1), reps, axis=2)
-    noise = rng.normal(0, 20, (n, size, size, 3))
-    images = fine[:, :size, :size] + noise
-    return np.clip(images, 0, 255).astype("float32")
 
 
 def to_torch_bgr(images):
@@ -41,47 +32,14 @@ def to_torch_bgr(images):
 def randomized_reference(
     scale, groups, seed, size=64, pool="global", classes=1000
 ):
-    """A reference model whose every weight and BN statistic is random.
-
-    BN statistics start from a calibration batch of `size`x`size` images
-    (so activations stay in a sane range and the logits depend on the
-    image) and are then perturbed.
-    """
+    """A reference model whose every weight and BN statistic is random."""
     torch.manual_seed(seed)
     model = ReferenceShuffleNetV1(scale, groups, pool=pool, classes=classes)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.Conv2d):
-                torch.nn.init.kaiming_normal_(module.weight)
-            elif isinstance(module, torch.nn.BatchNorm2d):
-                module.momentum = 1.0  # Running stats := batch stats.
-            elif isinstance(module, torch.nn.Linear):
-                module.weight.normal_(0, module.in_features**-0.5)
-        model.train()(to_torch_bgr(smooth_images(4, size, seed + 1)))
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                std = module.running_var.sqrt()
-                module.running_mean.add_(
-                    0.1 * std * torch.randn_like(std)
-                )
-                module.running_var.mul_(
-                    torch.empty_like(std).uniform_(0.7, 1.4)
-                )
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0, 0.2)
-        # Pooled features share a large common part; a classifier blind to
-        # it gives different images different classes.
-        captured = []
-        classifier = model.classifier[0]
-        hook = classifier.register_forward_hook(
-            lambda module, inputs, output: captured.append(inputs[0])
-        )
-        model.eval()(to_torch_bgr(smooth_images(4, size, seed + 2)))
-        hook.remove()
-        mean = captured[0].mean(0)
-        weight = classifier.weight
-        weight.sub_(torch.outer(weight @ mean, mean) / mean.dot(mean))
-    return model
+    return randomize(
+        model, model.classifier[0],
+        to_torch_bgr(smooth_images(4, size, seed + 1)),
+        to_torch_bgr(smooth_images(4, size, seed + 2)),
+    )
 
 
 def save_checkpoint(model, path, wrapped=True):
@@ -91,11 +49,6 @@ def save_checkpoint(model, path, wrapped=True):
         state = {"state_dict": {f"module.{k}": v for k, v in state.items()}}
     torch.save(state, path)
     return path
-
-
-def logits(model, images):
-    # Eager: tracing predict() costs seconds per model, more than the math.
-    return keras.ops.convert_to_numpy(model(images, training=False))
 
 
 def max_differences(model, reference, images):
@@ -157,23 +110,23 @@ def test_equivalence_needs_the_shuffle_fix_and_bgr_reversal(checkpoint_05_g3):
     """Skipping either conversion step breaks equivalence: the test above
     can fail."""
     reference, path = checkpoint_05_g3
-    tensors = official.load_official_state_dict(path)
+    source, tensors = ks.weights.read_checkpoint(path)
     images = smooth_images(4, 64, seed=11)
     model = ks.ShuffleNet(
         0.5, 3, shuffle_order="official", include_preprocessing=False,
         input_shape=(64, 64, 3), classifier_activation=None,
     )
-    official.assign_official_weights(model, tensors)
+    sources.port(model, tensors, source)
     assert max_differences(model, reference, images)[1] <= RELATIVE_TOLERANCE
 
     conv1 = model.get_layer("conv1").kernel
     conv1.assign(conv1.numpy()[:, :, ::-1])  # Undo BGR -> RGB.
     assert max_differences(model, reference, images)[1] > 1e-2
 
-    official.assign_official_weights(model, tensors)
+    sources.port(model, tensors, source)
     dwconv = model.get_layer("stage3_unit2_dwconv").kernel
     unpermuted = np.transpose(
-        tensors["features.5.branch_main_1.3.weight"], official.DEPTHWISE_AXES
+        tensors["features.5.branch_main_1.3.weight"], sources.DEPTHWISE_AXES
     )
     dwconv.assign(unpermuted)  # As if the shuffle stood after the dwconv.
     assert max_differences(model, reference, images)[1] > 1e-2
@@ -204,24 +157,23 @@ def test_wrong_scale_names_the_configuration_it_looks_like(checkpoint_05_g3):
         official.from_official_checkpoint(path, 1.0, 3)
     message = str(error.value)
     assert str(path) in message
-    assert "0.5x model with groups=3" in message
-    assert "scale=0.5, groups=3" in message
+    assert "'first_conv.0.weight' has shape (12, 3, 3, 3)" in message
+    assert "ShuffleNet 0.5x with groups=3: use scale=0.5, groups=3" in message
 
 
 def test_wrong_groups_names_the_configuration_it_looks_like(tmp_path):
     path = save_checkpoint(
         ReferenceShuffleNetV1(0.5, 8), tmp_path / "g8.pth.tar"
     )
-    with pytest.raises(ValueError, match=r"0\.5x model with groups=8"):
+    with pytest.raises(ValueError, match=r"0\.5x with groups=8"):
         official.from_official_checkpoint(path, 0.5, 3)
 
 
 @pytest.mark.xdist_group("checkpoint_05_g3")
-def test_infer_official_config_reads_widths_and_groups(checkpoint_05_g3):
-    tensors = official.load_official_state_dict(checkpoint_05_g3[1])
-    assert official.infer_official_config(tensors) == (
-        (12, 120, 240, 480), 3, 0.5
-    )
+def test_the_variant_is_read_from_the_shapes(checkpoint_05_g3):
+    source, tensors = ks.weights.read_checkpoint(checkpoint_05_g3[1])
+    assert source.name == "official"
+    assert sources.checkpoint_variant(tensors, source) == (0.5, 3)
 
 
 def test_other_class_count_names_tensor_shapes_and_fix(tmp_path):
@@ -320,7 +272,7 @@ def test_text_file_is_not_a_checkpoint(tmp_path):
     path = tmp_path / "notes.pth"
     path.write_text("not a checkpoint\n")
     with pytest.raises(ValueError) as error:
-        official.load_official_state_dict(path)
+        ks.weights.read_checkpoint(path)
     assert str(path) in str(error.value)
 
 
@@ -328,8 +280,10 @@ def test_arbitrary_objects_are_never_unpickled(tmp_path):
     path = tmp_path / "object.pth"
     with open(path, "wb") as f:
         pickle.dump({"state_dict": keras.layers.ReLU}, f, protocol=2)
-    with pytest.raises(ValueError, match="weights_only=True refused") as error:
-        official.load_official_state_dict(path)
+    with pytest.raises(
+        ks.weights.UnsafeCheckpointError, match="'keras.src.layers"
+    ) as error:
+        ks.weights.read_checkpoint(path)
     assert str(path) in str(error.value)
 
 
@@ -337,7 +291,7 @@ def test_list_of_tensors_is_not_a_state_dict(tmp_path):
     path = tmp_path / "list.pt"
     torch.save([torch.zeros(2)], path)
     with pytest.raises(ValueError, match="holds a list, not a state dict"):
-        official.load_official_state_dict(path)
+        ks.weights.read_checkpoint(path)
 
 
 def test_missing_checkpoint_file_is_named(tmp_path):
@@ -346,10 +300,11 @@ def test_missing_checkpoint_file_is_named(tmp_path):
 
 
 @pytest.mark.xdist_group("checkpoint_05_g3")
-def test_missing_torch_says_how_to_install_it(checkpoint_05_g3, monkeypatch):
+def test_reading_a_checkpoint_needs_no_torch(checkpoint_05_g3, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch fails.
-    with pytest.raises(ImportError, match=r"keras_shufflenet\[torch\]"):
-        official.load_official_state_dict(checkpoint_05_g3[1])
+    source, tensors = ks.weights.read_checkpoint(checkpoint_05_g3[1])
+    assert source.name == "official"
+    assert tensors["first_conv.0.weight"].shape == (12, 3, 3, 3)
 
 
 @pytest.mark.parametrize(
@@ -368,13 +323,26 @@ def test_arguments_the_release_lacks_are_refused(
         official.from_official_checkpoint(checkpoint_05_g3[1], 0.5, 3, **kwargs)
 
 
-def test_converted_files_load_by_registry_name_and_as_keras(
+@pytest.mark.xdist_group("checkpoint_05_g3")
+def test_a_checkpoint_file_loads_through_weights_too(checkpoint_05_g3):
+    reference, path = checkpoint_05_g3
+    model = ks.ShuffleNet(
+        0.5, 3, weights=path, input_shape=(64, 64, 3),
+        classifier_activation=None,
+    )
+    assert model.get_layer("stage2_unit1_shuffle").order == "official"
+    images = smooth_images(2, 64, seed=13)
+    assert max_differences(model, reference, images)[1] <= RELATIVE_TOLERANCE
+
+
+@pytest.mark.xdist_group("checkpoint_05_g3")
+def test_converted_files_load_by_entry_name_and_as_keras(
     checkpoint_05_g3, tmp_path, monkeypatch
 ):
     reference, path = checkpoint_05_g3
     monkeypatch.setenv("KERAS_SHUFFLENET_HOME", str(tmp_path))
     result = official.convert_official_checkpoint(path, 0.5, 3)
-    name = "official_imagenet_0.5x_g3"
+    name = "shufflenet_0.5x_g3.official"
     assert result["weights"] == str(tmp_path / f"{name}.weights.h5")
     assert result["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert sorted(os.listdir(tmp_path)) == [
@@ -382,12 +350,18 @@ def test_converted_files_load_by_registry_name_and_as_keras(
     ]  # No temporary files left behind.
 
     images = smooth_images(4, 64, seed=12)
+    # The converted file is found by name: nothing to download.
     model = ks.ShuffleNet(
-        0.5, 3, weights=name, input_shape=(64, 64, 3),
-        classifier_activation=None,
+        0.5, 3, weights=name, include_top=False, pooling="avg",
+        input_shape=(64, 64, 3),
     )
-    assert max_differences(model, reference, images)[1] <= RELATIVE_TOLERANCE
-
+    with torch.no_grad():
+        classifier = reference.classifier[0].weight.numpy()
+        expected = reference(to_torch_bgr(images)).numpy()
+    np.testing.assert_allclose(
+        logits(model, images) @ classifier.T, expected, rtol=0,
+        atol=RELATIVE_TOLERANCE * np.abs(expected).max(),
+    )
     loaded = keras.saving.load_model(result["keras"], safe_mode=True)
     images = smooth_images(2, 224, seed=1)
     np.testing.assert_array_equal(
@@ -395,53 +369,16 @@ def test_converted_files_load_by_registry_name_and_as_keras(
     )
 
 
-def test_missing_converted_weights_say_how_to_get_them(
-    tmp_path, monkeypatch
-):
+def test_an_official_entry_says_where_to_put_its_file(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_SHUFFLENET_HOME", str(tmp_path))
-    with pytest.raises(FileNotFoundError) as error:
-        ks.ShuffleNet(1.0, 8, weights="official_imagenet_1.0x_g8")
+    with pytest.raises(OSError) as error:
+        ks.ShuffleNet(1.0, 8, weights="shufflenet_1.0x_g8.official")
     message = str(error.value)
     for part in (
-        str(tmp_path / "official_imagenet_1.0x_g8.weights.h5"),
-        pretrained.OFFICIAL_ONEDRIVE,
-        "ShuffleNetV1/Group8/models/1.0x.pth.tar",
-        "python tools/convert_official.py --checkpoint=1.0x.pth.tar "
-        f"--scale=1.0 --groups=8 --output_dir={tmp_path}",
+        "https://1drv.ms/f/s!AgaP37NGYuEXhRfQxHRseR7eSxXo",
+        "ShuffleNetV1/Group8/models", "snetv1_group8_1.0x.pth.tar",
+        str(tmp_path / "checkpoints" / "snetv1_group8_1.0x.pth.tar"),
     ):
         assert part in message
-
-
-def test_unknown_registry_name_lists_the_names():
-    with pytest.raises(ValueError) as error:
-        ks.ShuffleNet(1.0, 3, weights="imagenet_1.0x_g3")
-    assert "official_imagenet_2.0x_g8" in str(error.value)
-
-
-def test_weights_dir_defaults_inside_keras_home(tmp_path, monkeypatch):
-    monkeypatch.delenv("KERAS_SHUFFLENET_HOME", raising=False)
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    assert pretrained.weights_dir() == str(tmp_path / "keras_shufflenet")
-
-
-def test_registry_holds_the_eight_release_models_and_their_errors():
-    assert sorted(
-        (entry.scale, entry.groups) for entry in pretrained.REGISTRY.values()
-    ) == sorted(shufflenet.OFFICIAL_WIDTHS)
-    for entry in pretrained.REGISTRY.values():
-        assert entry.architecture == {
-            "shuffle_order": "official", "include_preprocessing": False
-        }
-        # Reported errors are those of top-1 and top-5, in percent.
-        assert 0 < entry.top5_error < entry.top1_error < 50
-        assert entry.sha256 is None or len(entry.sha256) == 64
-    errors = {
-        (e.scale, e.groups): e.top1_error for e in pretrained.REGISTRY.values()
-    }
-    for groups in (3, 8):
-        # Wider models err less.
-        by_scale = [errors[(s, groups)] for s in (0.5, 1.0, 1.5, 2.0)]
-        assert by_scale == sorted(by_scale, reverse=True)
-    best = pretrained.get("official_imagenet_2.0x_g3")
-    assert (best.top1_accuracy, best.top5_accuracy) == (74.1, 91.4)
-    assert (best.flops, best.params) == (524_000_000, 5_400_000)
+    # Nothing outside the package: a pip install has no tools/ folder.
+    assert "tools/" not in message and ".py" not in message
