@@ -92,6 +92,12 @@ class InputConfig:
             Defaults to 0.0; the official release used 0.4.
         crop_fraction: Side of the evaluation centre crop relative to the
             shorter image side. Defaults to 224/256.
+        eval_resize_first: Resize the whole evaluation image, then crop
+            its centre, as torchvision and OpenCV pipelines do, instead of
+            decoding only the crop (faster, the same view up to
+            resampling). Defaults to False.
+        eval_antialias: Filter while shrinking evaluation images, as
+            Pillow's bilinear resize does. Defaults to False.
         skip_bad_images: Skip and count undecodable images instead of
             failing. Defaults to True. False uses a plain parallel map,
             which costs less CPU per image, for data already validated
@@ -130,6 +136,8 @@ class InputConfig:
     aspect_ratio_range: tuple[float, float] = DEFAULT_ASPECT_RATIO_RANGE
     color_jitter: float = 0.0
     crop_fraction: float = DEFAULT_CROP_FRACTION
+    eval_resize_first: bool = False
+    eval_antialias: bool = False
     skip_bad_images: bool = True
     max_bad_fraction: float = 0.01
     shuffle_buffer_size: int = 10_000

@@ -343,10 +343,11 @@ class InputPipeline:
                 )
 
         else:
-            fraction = config.crop_fraction
-
             def parse(image_bytes, position):
-                return preprocess_for_eval(image_bytes, size, fraction)
+                return preprocess_for_eval(
+                    image_bytes, size, config.crop_fraction,
+                    config.eval_resize_first, config.eval_antialias,
+                )
 
         names_are_paths = isinstance(source, FolderSource) and not config.cache
         if names_are_paths:

@@ -206,14 +206,17 @@ def eval_crop_window(image_shape, crop_fraction=DEFAULT_CROP_FRACTION):
 
 
 def preprocess_for_eval(
-    image_bytes, image_size=224, crop_fraction=DEFAULT_CROP_FRACTION
+    image_bytes, image_size=224, crop_fraction=DEFAULT_CROP_FRACTION,
+    resize_first=False, antialias=False,
 ):
     """Centre-crops and resizes one encoded evaluation image.
 
     Equivalent to resizing the shorter side to ``image_size /
     crop_fraction`` (256 for 224) and taking the central ``image_size``
     square, but only the central window (``eval_crop_window``) is decoded,
-    then resized bilinearly.
+    then resized bilinearly. ``resize_first`` does it literally, as
+    torchvision's ``Resize`` + ``CenterCrop`` and OpenCV pipelines do, to
+    measure pretrained weights the way their source did.
 
     Reference:
         Zhang et al., ShuffleNet, section 4 (224x224 centre view of a 256
@@ -224,16 +227,48 @@ def preprocess_for_eval(
         image_size: Output side. Defaults to 224.
         crop_fraction: Crop side over the shorter image side. Defaults to
             224/256.
+        resize_first: Resize the whole image's shorter side to
+            ``round(image_size / crop_fraction)``, then crop the centre.
+            Defaults to False.
+        antialias: Filter while shrinking, as Pillow's bilinear resize
+            does (OpenCV's ``INTER_LINEAR`` and the default do not).
+            Defaults to False.
 
     Returns:
         uint8 tensor ``[image_size, image_size, 3]`` in [0, 255].
     """
-    crop, _ = _decode_window(
-        image_bytes, lambda shape: eval_crop_window(shape, crop_fraction)
-    )
-    image = tf.image.resize(
-        crop, [image_size, image_size], method="bilinear", antialias=False
-    )
+    if resize_first:
+        image = _resize_then_crop(
+            image_bytes, image_size, crop_fraction, antialias
+        )
+    else:
+        crop, _ = _decode_window(
+            image_bytes, lambda shape: eval_crop_window(shape, crop_fraction)
+        )
+        image = tf.image.resize(
+            crop, [image_size, image_size], method="bilinear",
+            antialias=antialias,
+        )
     image = to_uint8(image)
     image.set_shape([image_size, image_size, 3])
     return image
+
+
+def _resize_then_crop(image_bytes, image_size, crop_fraction, antialias):
+    image, shape = _decode_window(
+        image_bytes, lambda shape: tf.stack([0, 0, shape[0], shape[1]])
+    )
+    h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+    shorter = tf.round(image_size / crop_fraction)
+    scale = shorter / tf.minimum(h, w)
+    size = tf.cast(tf.round(tf.stack([h * scale, w * scale])), tf.int32)
+    resized = tf.image.resize(
+        image, size, method="bilinear", antialias=antialias
+    )
+    offsets = tf.cast(
+        tf.round(tf.cast(size - image_size, tf.float32) / 2.0), tf.int32
+    )
+    return tf.slice(
+        resized, tf.stack([offsets[0], offsets[1], 0]),
+        [image_size, image_size, 3],
+    )

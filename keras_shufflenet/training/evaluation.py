@@ -287,16 +287,16 @@ def _returns_probabilities(model):
     return getattr(last, "activation", None) is keras.activations.softmax
 
 
-def evaluate_model(model_path, config, strategy=None):
-    """Single-crop top-1/top-5 of a saved model on a config's eval data.
+def evaluate_model(model, config, strategy=None):
+    """Single-crop top-1/top-5 of a model on a config's eval data.
 
     Reference:
         Zhang et al., ShuffleNet, section 4 (single-crop top-1 on the
         ImageNet validation set, 224x224 centre of a 256 resize).
 
     Args:
-        model_path: A `.keras` model, or a `.weights.h5` file for the
-            architecture in `config.model`.
+        model: A `keras.Model`, a `.keras` file, or a `.weights.h5` file
+            for the architecture in `config.model`.
         config: An `ExperimentConfig`; its `data` selects the evaluation
             split and its `train.eval_batch_size` (or `train.batch_size`)
             the batch size.
@@ -316,32 +316,21 @@ def evaluate_model(model_path, config, strategy=None):
     strategy = strategy or create_strategy(config.strategy, config.tpu)
     pipeline = InputPipeline(config.data)
     size = config.data.image_size
-    path = os.fspath(model_path)
-    if not path.endswith((".keras", ".weights.h5")):
-        raise ValueError(
-            "`model_path` must end in .keras or .weights.h5. "
-            f"Received: model_path={path!r}"
-        )
-    with strategy.scope():
-        if path.endswith(".keras"):
-            model = load_model(path)
-        else:
-            model = build_model(
-                dataclasses.replace(config.model, sync_batch_norm=False),
-                pipeline.num_classes,
-                size,
-            )
-            load_weights(model, path)
+    if isinstance(model, keras.Model):
+        what = model.name
+    else:
+        what = os.fspath(model)
+        model = _load_for_evaluation(what, config, pipeline, strategy)
     height, width = model.input_shape[1:3]
     if (height, width) != (None, None) and (height, width) != (size, size):
         raise ValueError(
-            f"The model {path!r} takes {height}x{width} images but "
+            f"The model {what!r} takes {height}x{width} images but "
             f"data.image_size={size}. Pass --data.image_size={height}."
         )
     classes = model.output_shape[-1]
     if classes != pipeline.num_classes:
         raise ValueError(
-            f"The model {path!r} has {classes} outputs but the data has "
+            f"The model {what!r} has {classes} outputs but the data has "
             f"{pipeline.num_classes} classes."
         )
     evaluator = Evaluator(
@@ -356,3 +345,21 @@ def evaluate_model(model_path, config, strategy=None):
     # describe another split.
     pipeline.check_bad_images()
     return metrics
+
+
+def _load_for_evaluation(path, config, pipeline, strategy):
+    if not path.endswith((".keras", ".weights.h5")):
+        raise ValueError(
+            "`model_path` must end in .keras or .weights.h5. "
+            f"Received: model_path={path!r}"
+        )
+    with strategy.scope():
+        if path.endswith(".keras"):
+            return load_model(path)
+        model = build_model(
+            dataclasses.replace(config.model, sync_batch_norm=False),
+            pipeline.num_classes,
+            config.data.image_size,
+        )
+        load_weights(model, path)
+    return model

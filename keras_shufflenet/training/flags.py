@@ -206,7 +206,7 @@ def recipe_path(recipe, configs_dir):
     return path
 
 
-def config_from_flags(configs_dir, flag_values=None):
+def config_from_flags(configs_dir, flag_values=None, base=None):
     """Loads `--recipe` and applies every field flag that was given.
 
     `model_dir` defaults to `runs/<recipe>` in the working directory.
@@ -214,13 +214,18 @@ def config_from_flags(configs_dir, flag_values=None):
     Args:
         configs_dir: Directory of the named recipes.
         flag_values: Parsed absl `FlagValues`. Defaults to `FLAGS`.
+        base: An `ExperimentConfig` to start from instead of the recipe's
+            when `--recipe` is not given. Defaults to None.
 
     Returns:
         An `ExperimentConfig`.
     """
     flag_values = flag_values or flags.FLAGS
     recipe = flag_values["recipe"].value
-    config = load_recipe(recipe_path(recipe, configs_dir))
+    if base is not None and not flag_values["recipe"].present:
+        config, recipe = base, "evaluate"
+    else:
+        config = load_recipe(recipe_path(recipe, configs_dir))
     if not config.model_dir:
         name = os.path.basename(recipe)
         name = name.removesuffix(".py")
@@ -233,7 +238,7 @@ def config_from_flags(configs_dir, flag_values=None):
     return apply_overrides(config, overrides)
 
 
-def recipe_config(argv, configs_dir):
+def recipe_config(argv, configs_dir, base=None):
     """Parses a recipe program's flags into an `ExperimentConfig`.
 
     Refuses stray arguments, quiets TensorFlow's INFO logging unless
@@ -243,6 +248,8 @@ def recipe_config(argv, configs_dir):
     Args:
         argv: The arguments absl passed to `main`.
         configs_dir: Directory of the named recipes.
+        base: Starts from this config when `--recipe` is not given (see
+            `config_from_flags`). Defaults to None.
 
     Returns:
         The `ExperimentConfig` of `--recipe` with the flags applied.
@@ -252,6 +259,6 @@ def recipe_config(argv, configs_dir):
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO chatter.
     try:
-        return config_from_flags(configs_dir)
+        return config_from_flags(configs_dir, base=base)
     except (ValueError, TypeError, FileNotFoundError) as e:
         raise app.UsageError(str(e)) from None

@@ -101,6 +101,32 @@ def test_eval_crop_is_exactly_centred(height, width):
     assert abs(span - side) < 1.5
 
 
+def test_resize_first_with_antialias_is_pillows_resize_and_centre_crop():
+    """How mmpretrain and pytorchcv evaluate: Pillow's bilinear resize of
+    the shorter side to 256, then the central 224."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    coarse = rng.uniform(0, 255, (12, 16, 3))
+    image = np.clip(
+        np.kron(coarse, np.ones((25, 25, 1))) + rng.normal(0, 8, (300, 400, 3)),
+        0, 255,
+    ).astype(np.uint8)
+    out = data.preprocess_for_eval(
+        tf.constant(fx.encode(image, "PNG")), 224, 224 / 256,
+        resize_first=True, antialias=True,
+    ).numpy().astype(float)
+    resized = np.asarray(
+        Image.fromarray(image).resize((341, 256), Image.BILINEAR), float
+    )
+    expected = resized[16:240, 58:282]
+    assert np.abs(out - expected).max() <= 3
+    assert np.abs(out - expected).mean() < 0.5
+    # The default path crops first and does not filter: another resampling.
+    fast = data.preprocess_for_eval(tf.constant(fx.encode(image, "PNG")), 224)
+    assert np.abs(fast.numpy() - expected).mean() > 0.5
+
+
 def test_training_preprocessing_output_is_uint8_fixed_size_and_in_range():
     image = fx.encode(fx.coordinate_image(60, 80), "JPEG")
     out = data.preprocess_for_train(
