@@ -117,3 +117,27 @@ def test_int8_the_standard_way_is_one_piece_of_builtin_int8_ops(tmp_path):
     assert sorted(lite.op_list(path)) == sorted(lite.op_list(ours))
     with pytest.raises(ValueError, match="`calibration_data` is needed"):
         lite.export_litert(model, str(tmp_path / "x.tflite"), "int8")
+
+
+def test_every_sources_layout_exports_to_the_same_one_piece_graph(tmp_path):
+    """Weights of pytorchcv, mmpretrain or the official release need a
+    classifier bias, another stem width, the branch first in a stride-2
+    concatenation, the release's shuffle order or no normalisation layer;
+    each model still exports, float and int8, to the one-piece graph."""
+    model = ks.ShuffleNet(
+        0.25, 3, shallow=True, input_shape=(SIZE, SIZE, 3), classes=10,
+        classifier_activation=None, concat_order="branch_first",
+        classifier_bias=True, stem_width=6, shuffle_order="official",
+        include_preprocessing=False,
+    )
+    path = lite.export_litert(model, str(tmp_path / "sources.tflite"))
+    ops = collections.Counter(lite.op_list(path))
+    assert not any(ops[op] for op in SHAPE_OPS), ops
+    assert "AVERAGE_POOL_2D" not in ops and "RELU" not in ops
+    assert ops["DEPTHWISE_CONV_2D"] == 8 + 3 and ops["TRANSPOSE"] == 8
+    assert lite.xnnpack_coverage(path)["pieces"] == 1
+    x = images(2)
+    assert relative_error(run(path, x), model.predict(x, verbose=0)) <= 1e-5
+    int8 = lite.convert(model, mode="int8", calibration_data=images(2))
+    lite.check_builtin_ops(int8)
+    assert lite.xnnpack_coverage(int8)["pieces"] == 1
