@@ -44,10 +44,11 @@ class FolderSource:
             for d in tf.io.gfile.listdir(root)
             if tf.io.gfile.isdir(os.path.join(root, d))
         )
-        if not found:
+        if len(found) < 2:
             raise ValueError(
-                f"No class folders found in {argument}={root!r}; expected "
-                "one sub-folder of .jpg/.jpeg/.png files per class."
+                f"{argument}={root!r} holds {len(found)} class folder(s) "
+                f"{found}; a classifier needs at least two: one sub-folder "
+                "of .jpg/.jpeg/.png files per class."
             )
         if classes is not None and found != list(classes):
             raise ValueError(

@@ -172,6 +172,11 @@ class ChannelShuffle(keras.layers.Layer):
                 f"ChannelShuffle: the number of channels ({channels}) must "
                 f"be divisible by groups ({self.groups})."
             )
+        # Built for this many channels: another count is refused at call
+        # time by Keras, naming the layer, rather than deep in a reshape.
+        self.input_spec = keras.layers.InputSpec(
+            ndim=4, axes={channel_axis(self.data_format): channels}
+        )
         self.built = True
 
     def call(self, inputs):
@@ -297,6 +302,7 @@ class PointwiseGroupConv2D(keras.layers.Layer):
                 shape=(self.filters,),
                 initializer=self.bias_initializer,
             )
+        # As ChannelShuffle's: the channel count is fixed once built.
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={axis: channels})
         self.built = True
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from absl import flags
+from PIL import Image
 
 from keras_shufflenet import data
 from keras_shufflenet.data import config as data_config
@@ -446,11 +447,14 @@ def test_missing_folder_raises_file_not_found_naming_path(tmp_path):
         )
 
 
-def test_empty_folder_and_empty_class_folder_raise(tmp_path):
+def test_empty_folder_one_class_and_empty_class_folder_raise(tmp_path):
     (tmp_path / "root").mkdir()
-    with pytest.raises(ValueError, match="No class folders.*root"):
+    with pytest.raises(ValueError, match="root' holds 0 class folder"):
         data.InputPipeline(_folder_config(str(tmp_path / "root")))
     fx.write_folder(tmp_path / "root", {"a": 2})
+    with pytest.raises(ValueError, match=r"1 class folder\(s\) \['a'\]; a "
+                       "classifier needs at least two"):
+        data.InputPipeline(_folder_config(str(tmp_path / "root")))
     (tmp_path / "root" / "b").mkdir()
     with pytest.raises(ValueError, match="b' .*holds no"):
         data.InputPipeline(_folder_config(str(tmp_path / "root")))
@@ -497,7 +501,7 @@ def test_invalid_config_raises_naming_the_argument(kwargs, pattern):
 
 
 def test_missing_split_path_raises_when_that_split_is_requested(tmp_path):
-    fx.write_folder(tmp_path, {"a": 1})
+    fx.write_folder(tmp_path, {"a": 1, "b": 1})
     pipeline = data.InputPipeline(
         data.InputConfig(source="folder", train_path=str(tmp_path))
     )
@@ -545,7 +549,7 @@ def test_tfds_unprepared_or_unknown_dataset_raises_before_training(tmp_path):
 
 
 def test_skip_bad_images_false_fails_loudly_on_a_corrupt_file(tmp_path):
-    fx.write_folder(tmp_path, {"a": 2})
+    fx.write_folder(tmp_path, {"a": 1, "b": 1})
     with open(tmp_path / "a" / "garbage.jpg", "wb") as f:
         f.write(fx.GARBAGE)
     config = _folder_config(str(tmp_path), skip_bad_images=False)
@@ -570,3 +574,22 @@ def test_source_flags_are_spelled_like_the_config_flags():
     assert (config.source, config.eval_path, config.image_size) == (
         "folder", "val", 64
     )
+
+
+def test_images_of_mixed_sizes_come_out_at_the_model_size(tmp_path):
+    rng = np.random.default_rng(0)
+    for k, (h, w) in enumerate([(40, 90), (120, 60), (33, 33), (300, 200)]):
+        folder = tmp_path / "ab"[k % 2]
+        folder.mkdir(exist_ok=True)
+        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{k}.jpg")
+    pipeline = data.InputPipeline(
+        data.InputConfig(source="folder", train_path=str(tmp_path),
+                         eval_path=str(tmp_path), image_size=48)
+    )
+    images, labels = next(iter(pipeline.dataset(True, 4)))
+    assert images.shape == (4, 48, 48, 3) and sorted(labels.numpy()) == [
+        0, 0, 1, 1
+    ]
+    images, _, weights = next(iter(pipeline.dataset(False, 4)))
+    assert images.shape == (4, 48, 48, 3) and weights.numpy().sum() == 4

@@ -188,3 +188,27 @@ def test_group_conv_refuses_indivisible_widths():
         PointwiseGroupConv2D(8, 4)(np.zeros((1, 2, 2, 10), "float32"))
     with pytest.raises(ValueError, match="implementation"):
         PointwiseGroupConv2D(8, 4, implementation="fast")
+
+
+@pytest.mark.parametrize(
+    "layer, channels",
+    [
+        (lambda: ChannelShuffle(3, name="my_shuffle"), 12),
+        (lambda: PointwiseGroupConv2D(6, 3, name="my_gconv"), 12),
+    ],
+)
+def test_a_built_layer_refuses_another_channel_count_naming_itself(
+    layer, channels
+):
+    layer = layer()
+    layer(np.zeros((1, 4, 4, channels), "float32"))
+    with pytest.raises(ValueError) as error:
+        layer(np.zeros((1, 4, 4, 40), "float32"))
+    message = str(error.value)
+    # Keras' InputSpec check, before any reshape: the layer, the axis and
+    # the channels it was built for.
+    assert layer.name in message
+    assert f"expected axis -1 of input shape to have value {channels}" in (
+        message
+    )
+    assert "reshape" not in message.lower()
