@@ -11,6 +11,7 @@ import dataclasses
 import types
 
 from keras_shufflenet.models.checks import check_weights
+from keras_shufflenet.models.parts import network_parts
 
 # The `ShuffleNet` arguments with which a network of another
 # implementation differs from the paper's (`models.shufflenet`), each
@@ -125,3 +126,32 @@ def plan_weights(weights, scale, groups):
             "`import keras_shufflenet`."
         )
     return _resolvers[-1](weights, scale, groups)
+
+
+def architecture_of(model):
+    """The architecture arguments a built `ShuffleNet` was built with.
+
+    Read from its parts, so it works on a model loaded from a `.keras`
+    file: the stem's width, the first shuffle's order, the first stride-2
+    unit's concatenation, the normalisation layer and the classifier's
+    bias.
+
+    Returns:
+        A dict of `ARCHITECTURE_DEFAULTS`' keys.
+    """
+    parts = network_parts(model)
+    first = parts.units[0]
+    shuffles = [u["shuffle"] for u in parts.units if "shuffle" in u.layers]
+    concat = first["concat"]
+    classifier = parts.head.get("predictions")
+    return {
+        "shuffle_order": shuffles[0].order if shuffles else "paper",
+        "include_preprocessing": "preprocessing" in parts.input,
+        "concat_order": (
+            "branch_first"
+            if concat.input[0] is first["branch_relu"].output
+            else "shortcut_first"
+        ),
+        "classifier_bias": bool(classifier and classifier.use_bias),
+        "stem_width": parts.stem["conv1"].filters,
+    }

@@ -34,11 +34,13 @@ class QatTrainer(Trainer):
     its activation ranges calibrated on 300 training images
     (`calibrate_ranges`) when a run starts fresh (a resumed run restores
     them). Batch norm stays frozen at the float model's statistics, so
-    there is no BN re-estimation at the end. Everything else is
-    `Trainer`'s: the recipe's SGD on its schedule (set a small
-    `optimizer.lr` and a few `train.epochs`), the input pipeline,
-    evaluation every epoch (of the fake-quantized model), atomic
-    checkpoints and resume. The export is the full-int8 TFLite model
+    there is no BN re-estimation at the end. From a fine-tune's export
+    the recipe's `model.weights` gives only the architecture and
+    `model.freeze` does not apply: every weight moves to its int8 grid.
+    Everything else is `Trainer`'s: the recipe's SGD on its schedule
+    (set a small `optimizer.lr` and a few `train.epochs`), the input
+    pipeline, evaluation every epoch (of the fake-quantized model),
+    atomic checkpoints and resume. The export is the full-int8 TFLite model
     (`convert_qat`, the biases snapped to its int32 grid first:
     `snap_biases`) and the fine-tuned float weights as a Keras 3
     `.keras`.
@@ -118,6 +120,10 @@ class QatTrainer(Trainer):
 
     def trainable_variables(self):
         return trainable_variables(self.model)
+
+    def _initialize_from_weights(self):
+        """Nothing: the float model holds `qat_from`'s weights (`_build`);
+        a fine-tune's `model.weights` only gave it its architecture."""
 
     def _announce(self, restored):
         if restored is not None:

@@ -29,6 +29,10 @@ CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
 
 
+# How far `ModelConfig.freeze` freezes: the stem, then each stage.
+FREEZE_POINTS = ("stem", "stage2", "stage3", "stage4")
+
+
 @dataclasses.dataclass
 class ModelConfig:
     """Which ShuffleNet to train (see `keras_shufflenet.ShuffleNet`).
@@ -55,6 +59,20 @@ class ModelConfig:
             computes the same function with the model's own weights in
             fewer passes over the activations (README.md, "Training
             speed"). Defaults to True.
+        weights: The weights a new run starts from: `"imagenet"`, a
+            pretrained entry's name, a checkpoint of a supported source,
+            or a `.keras` / `.weights.h5` file of this package. A resumed
+            run restores its own checkpoint instead. With other classes
+            than the weights', the classifier starts fresh. Defaults to
+            None (random initialisation).
+        freeze: Freezes the stem and every stage up to this one (`"stem"`,
+            `"stage2"`, `"stage3"` or `"stage4"`, the whole backbone): their
+            weights do not train and their batch norms run in inference
+            mode, as in Keras' transfer-learning guide. Defaults to None.
+        shuffle_order, concat_order, stem_width, include_preprocessing,
+        classifier_bias: `ShuffleNet`'s architecture arguments, None for
+            the paper's choice or what `weights` need (filled in at the
+            start of a run and saved with its config).
     """
     scale: float = 1.0
     groups: int = 3
@@ -64,6 +82,13 @@ class ModelConfig:
     group_conv_implementation: str = "split"
     sync_batch_norm: bool = False
     fused_training: bool = True
+    weights: str | None = None
+    freeze: str | None = None
+    shuffle_order: str | None = None
+    concat_order: str | None = None
+    stem_width: int | None = None
+    include_preprocessing: bool | None = None
+    classifier_bias: bool | None = None
 
 
 @dataclasses.dataclass
@@ -213,6 +238,8 @@ class ExperimentConfig:
         if not self.model_dir:
             raise ValueError("`model_dir` is required. Received: ''")
         check_choice("strategy", self.strategy, STRATEGIES)
+        if self.model.freeze is not None:
+            check_choice("model.freeze", self.model.freeze, FREEZE_POINTS)
         check_choice("precision", self.precision, PRECISIONS)
         for name, value in (
             ("optimizer.lr", self.optimizer.lr),

@@ -8,6 +8,7 @@ import os
 import keras
 import tensorflow as tf
 
+from keras_shufflenet.models.pretrained import ARCHITECTURE_DEFAULTS
 from keras_shufflenet.models.shufflenet import ShuffleNet
 from keras_shufflenet.training.config import STRATEGIES
 from keras_shufflenet.utils.checks import check_choice
@@ -106,6 +107,7 @@ def build_model(model_config, num_classes, image_size, *, logits=True):
         input_shape=(image_size, image_size, 3),
         classes=num_classes,
         classifier_activation=None if logits else "softmax",
+        **{key: getattr(model_config, key) for key in ARCHITECTURE_DEFAULTS},
     )
     if model_config.sync_batch_norm:
         model = synchronize_batch_norm(model)

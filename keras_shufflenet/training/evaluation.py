@@ -222,6 +222,9 @@ class BatchNormRecalibration:
     (0-based), so that after `n` batches they are the mean of the `n` batch
     means and variances.
 
+    A frozen batch norm (`model.freeze`) runs in inference mode here as
+    in training and keeps the statistics it came with.
+
     Reference:
         The official ShuffleNet release's last training epoch, at learning
         rate 0 with BN momentum 1/iteration (PyTorch convention).

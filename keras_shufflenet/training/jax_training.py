@@ -303,9 +303,11 @@ class JaxBatchNormRecalibration:
         self.model = model
         self.put = put
         self.layers = batch_norm_layers(model)
+        # A frozen batch norm (fine-tuning) keeps its statistics: blending
+        # them with themselves would only round them.
         stats = {
             id(v)
-            for layer in self.layers
+            for layer in self.layers if layer.trainable
             for v in (layer.moving_mean, layer.moving_variance)
         }
         self._is_stat = [id(v) in stats for v in model.non_trainable_variables]

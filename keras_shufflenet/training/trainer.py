@@ -45,6 +45,9 @@ from keras_shufflenet.training.optimization import scaled_learning_rate
 from keras_shufflenet.training.preemption import Preempted
 from keras_shufflenet.training.preemption import StopSignals
 from keras_shufflenet.training.step import TrainStep
+from keras_shufflenet.training.transfer import freeze
+from keras_shufflenet.training.transfer import initialize_from_weights
+from keras_shufflenet.training.transfer import with_weights_architecture
 
 
 @dataclasses.dataclass
@@ -96,6 +99,9 @@ class Trainer:
 
     def __init__(self, config, strategy=None, verbose=True):
         config = resolve_config(config)
+        # The architecture pretrained weights need (a source's layout),
+        # saved with the config so that resume and export have it.
+        config.model = with_weights_architecture(config.model)
         self._check_config(config)
         self.config = config
         self._set_up_devices(strategy)
@@ -110,6 +116,7 @@ class Trainer:
         self.pipeline = InputPipeline(config.data)
         self.num_classes = self.pipeline.num_classes
         self._plan_steps()
+        self.frozen = []  # Layers `model.freeze` freezes (`_build`).
         self.schedule = LinearDecay(
             self.peak_lr, self.total_steps, self.warmup_steps
         )
@@ -253,6 +260,10 @@ class Trainer:
                 model = build_model(
                     config.model, self.num_classes, config.data.image_size
                 )
+                self.frozen = (
+                    freeze(model, config.model.freeze)
+                    if config.model.freeze else []
+                )
                 # Same variables, fewer passes; checkpoints, evaluation and
                 # export use `model`.
                 train_model = (
@@ -362,7 +373,10 @@ class Trainer:
                 os.path.join(config.model_dir, CONFIG_FILE),
                 self.derived(),
             )
-        self._announce(self.restore())
+        restored = self.restore()
+        if restored is None and config.model.weights:
+            self._initialize_from_weights()
+        self._announce(restored)
         iterator = self._training_iterator()
         start = time.time()
         writer = self.log.writer()
@@ -392,10 +406,27 @@ class Trainer:
         self.checkpoints.close()
         return result
 
+    def _initialize_from_weights(self):
+        """A new run's weights from `model.weights` (not on resume)."""
+        model_config = self.config.model
+        loaded, total, fresh = initialize_from_weights(
+            self.model, model_config, self.config.data.image_size
+        )
+        self.log.say(
+            f"Initialised from model.weights={model_config.weights!r}: "
+            f"{loaded} of {total} tensors loaded"
+            + (f"; starting fresh: {', '.join(fresh)} ({self.num_classes} "
+               "classes)" if fresh else "")
+            + (f"; frozen up to {model_config.freeze} ({len(self.frozen)} "
+               "layers with weights)" if self.frozen else "")
+            + "."
+        )
+
     def _announce(self, restored):
         if restored is None:
+            start = "those weights" if self.config.model.weights else "scratch"
             self.log.say(
-                f"Training {self.model.name} from scratch for "
+                f"Training {self.model.name} from {start} for "
                 f"{self.total_steps} steps ({self.steps_per_epoch} per "
                 f"epoch) on {self.num_replicas} replica(s) "
                 f"with {self.distribution_name}, {self.policy}."

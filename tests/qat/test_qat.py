@@ -70,9 +70,11 @@ def _labelled(n, seed=0):
     [
         dict(scale=0.25, groups=3, se=True, shallow=True),
         dict(scale=0.25, groups=2, shallow=True, shuffle_order="official"),
-        dict(scale=0.25, groups=1),
+        # pytorchcv's network: fine-tuned from its weights, it trains QAT.
+        dict(scale=0.25, groups=1, concat_order="branch_first",
+             classifier_bias=True, stem_width=6),
     ],
-    ids=["g3_se_shallow", "g2_shallow_official", "g1"],
+    ids=["g3_se_shallow", "g2_shallow_official", "g1_pytorchcv_layout"],
 )
 def test_twin_computes_the_model_and_weights_go_back_exactly(kwargs):
     model = _model(**kwargs)

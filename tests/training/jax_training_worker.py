@@ -5,7 +5,9 @@ writes what tests/training/test_jax_training.py checks, as JSON.
     XLA_FLAGS=--xla_force_host_platform_device_count=2 \
     python tests/training/jax_training_worker.py OUT_DIR
 
-Runs, all from the same seed and data:
+Runs, all from the same seed, data and pretrained weights (a 1000-class
+`.weights.h5` this worker writes; the classifier starts fresh for the 10
+digits, and the stem and stage 2 are frozen):
     two_devices: 6 steps, BN re-estimation, export.
     one_device: its first 3 steps on one device.
     resumed: the same on two devices, stopped by SIGTERM after step 5 and
@@ -26,6 +28,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 sys.path.insert(0, ROOT)
 
+import keras_shufflenet as ks  # noqa: E402
 from keras_shufflenet import data  # noqa: E402
 from keras_shufflenet import training  # noqa: E402
 from keras_shufflenet.training import backends  # noqa: E402
@@ -33,7 +36,7 @@ from keras_shufflenet.training import preemption  # noqa: E402
 from keras_shufflenet.training.jax_training import OrbaxCheckpoints  # noqa: E402
 
 
-def config(model_dir, strategy):
+def config(model_dir, strategy, weights):
     train = dict(
         batch_size=16,
         steps=6,
@@ -48,7 +51,8 @@ def config(model_dir, strategy):
         strategy=strategy,
         export=False,
         model=training.ModelConfig(
-            scale=0.25, groups=3, shallow=True, fused_training=False
+            scale=0.25, groups=3, shallow=True, fused_training=False,
+            weights=weights, freeze="stage2",
         ),
         # Small steps: a fresh net's first steps are chaotic, and the runs
         # on one and two devices (sums in another order) must stay close.
@@ -94,6 +98,32 @@ class StopAfter:
         return totals
 
 
+def pretrained(out):
+    """A 1000-class model's weights, batch norm statistics not trivial."""
+    model = ks.ShuffleNet(
+        0.25, 3, shallow=True, input_shape=(32, 32, 3), classes=1000
+    )
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype("float32")
+                               for w in layer.get_weights()])
+    path = os.path.join(out, "pretrained.weights.h5")
+    model.save_weights(path)
+    return path, {layer.name: [np.copy(w) for w in layer.get_weights()]
+                  for layer in model.layers}
+
+
+def frozen_unchanged(trainer, before):
+    """Whether every frozen layer holds its pretrained values."""
+    layers = [trainer.model.get_layer(name) for name in trainer.frozen]
+    return bool(layers) and all(
+        np.array_equal(a, b)
+        for layer in layers
+        for a, b in zip(layer.get_weights(), before[layer.name])
+    )
+
+
 def main(out):
     report = {"devices": len(jax.devices()), "seconds": {}}
     start = time.perf_counter()
@@ -103,8 +133,11 @@ def main(out):
 
     trainer_class = backends.trainer_class()
     report["trainer"] = trainer_class.__name__
+    weights, before = pretrained(out)
 
-    trainer = trainer_class(config(os.path.join(out, "two"), "mirrored"))
+    trainer = trainer_class(config(os.path.join(out, "two"), "mirrored", weights))
+    lines = []
+    trainer.log.say = lines.append
     mark("built two")
     result = trainer.fit()
     mark("trained two")
@@ -117,12 +150,16 @@ def main(out):
         "weights": save_weights(trainer.model, os.path.join(out, "two.npz")),
         "checkpoints": trainer.checkpoints.saved(),
         "recalibrated_at": int(trainer.recalibrated_at.numpy()),
+        "initialised": [x for x in lines if x.startswith("Initialised")],
+        "frozen": len(trainer.frozen),
+        "frozen_unchanged": frozen_unchanged(trainer, before),
     }
 
     # Three steps on one device, against the two devices' checkpoint of
     # step 3 read into the same model (no evaluation: it would compile).
-    one = trainer_class(config(os.path.join(out, "one"), "one_device"))
+    one = trainer_class(config(os.path.join(out, "one"), "one_device", weights))
     mark("built one")
+    one._initialize_from_weights()
     one.train_step(one._training_iterator(), 3)
     report["one_device"] = {
         "replicas": one.num_replicas,
@@ -144,7 +181,7 @@ def main(out):
     mark("trained one")
 
     resumed = os.path.join(out, "resumed")
-    trainer = trainer_class(config(resumed, "mirrored"))
+    trainer = trainer_class(config(resumed, "mirrored", weights))
     trainer.train_step = StopAfter(trainer, 5)
     try:
         trainer.fit()
@@ -160,7 +197,7 @@ def main(out):
     for name in sorted(os.listdir(os.path.join(newest, "state"))):
         if name.startswith("manifest"):
             os.remove(os.path.join(newest, "state", name))
-    trainer = trainer_class(config(resumed, "mirrored"))
+    trainer = trainer_class(config(resumed, "mirrored", weights))
     lines = []
     trainer.log.say = lines.append
     trainer.fit()

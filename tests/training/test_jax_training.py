@@ -85,6 +85,16 @@ def test_a_run_ends_with_evaluated_recalibrated_checkpoints(report):
     ]
 
 
+def test_a_finetune_starts_from_the_weights_and_keeps_frozen_layers(report):
+    run = report["two_devices"]
+    (line,) = run["initialised"]
+    assert "starting fresh: predictions (10 classes)" in line
+    assert "frozen up to stage2" in line
+    # Their weights and batch norm statistics, after training and BN
+    # re-estimation.
+    assert run["frozen"] > 10 and run["frozen_unchanged"] is True
+
+
 def test_sigterm_saves_a_checkpoint_and_stops(report):
     assert report["preempted"]["step"] == 5
     assert report["preempted"]["checkpoint"].endswith("ckpt_5")
