@@ -127,7 +127,7 @@ def _fusable_tail(unit):
     return layers if ok else None
 
 
-def fusable_layers(model, shuffle_slices=True):
+def fusable_layers(model, shuffle_slices=True, trainable_only=False):
     """The stride-1 units and branch tails of a ShuffleNet that can fuse.
 
     Args:
@@ -137,6 +137,9 @@ def fusable_layers(model, shuffle_slices=True):
             contiguous slices (`shuffle_plan`), which `FusedShuffleUnit`
             needs; units failing only that count as tails. Defaults to
             True.
+        trainable_only: Leave out units and tails with a frozen layer
+            (fine-tuning freezes whole units): they run as they are.
+            Defaults to False.
 
     Returns:
         `(units, tails)`: `units` maps each fusable unit's first group conv
@@ -148,6 +151,10 @@ def fusable_layers(model, shuffle_slices=True):
     if keras.config.image_data_format() != "channels_last":
         return units, tails
     for unit in network_parts(model, require=()).units:
+        if trainable_only and not all(
+            layer.trainable for layer in unit.layers.values()
+        ):
+            continue
         if _fusable_unit(unit, shuffle_slices):
             units[unit["gconv1"]] = unit
             continue

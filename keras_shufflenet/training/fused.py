@@ -85,7 +85,11 @@ def training_model(model, *, fuse=True):
             "`model` must be a functional keras.Model such as "
             f"ShuffleNet(...). Received: {type(model).__name__}"
         )
-    units, tails = fusable_layers(model) if fuse else ({}, {})
+    # Frozen units (fine-tuning) run as they are: the fused layers train
+    # batch statistics, which a frozen batch norm does not use.
+    units, tails = (
+        fusable_layers(model, trainable_only=True) if fuse else ({}, {})
+    )
     graph = PerGroupGraph(model)
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer) or layer in graph.skipped:

@@ -13,7 +13,9 @@ import numpy as np
 from keras_shufflenet.models.layers import GROUP_CONV_IMPLEMENTATIONS
 from keras_shufflenet.models.naming import parse_variant_name
 from keras_shufflenet.models.shufflenet import ShuffleNet
+from keras_shufflenet.training.config import FREEZE_POINTS
 from keras_shufflenet.training.fused import training_model
+from keras_shufflenet.training.transfer import freeze
 from keras_shufflenet.utils.timing import interleaved_schedule
 from keras_shufflenet.utils.timing import timing_stats
 
@@ -32,10 +34,13 @@ def build_bench_model(name, input_shape=(224, 224, 3)):
 
     Args:
         name: `"shufflenet_<scale>x_g<groups>_<implementation>"` (for
-            example `shufflenet_1.0x_g3_split`) or a key of `TRAINING_PEERS`. The
-            implementation is a `PointwiseGroupConv2D` lowering, or
-            `"fused"`: `fused.training_model` of the split model, the
-            graph `keras_shufflenet.training` trains.
+            example `shufflenet_1.0x_g3_split`) or a key of
+            `TRAINING_PEERS`. The implementation is a
+            `PointwiseGroupConv2D` lowering, or `"fused"`:
+            `fused.training_model` of the split model, the graph
+            `keras_shufflenet.training` trains. A last word
+            `frozen<point>` (`frozenstage3`) freezes the stem and stages up
+            to that point, as a fine-tune does (`transfer.freeze`).
         input_shape: Input shape. Defaults to (224, 224, 3).
 
     Returns:
@@ -48,13 +53,20 @@ def build_bench_model(name, input_shape=(224, 224, 3)):
     except ValueError:
         variant = None
     implementations = GROUP_CONV_IMPLEMENTATIONS + ("fused",)
-    if variant is None or variant["suffix"] not in implementations:
+    implementation, _, frozen = (variant or {}).get("suffix", "").partition(
+        "_frozen"
+    )
+    if (
+        variant is None
+        or implementation not in implementations
+        or frozen and frozen not in FREEZE_POINTS
+    ):
         raise ValueError(
-            "A model name is 'shufflenet_<scale>x_g<groups>_<implementation>' "
-            f"(implementation one of {implementations}) or one of "
+            "A model name is 'shufflenet_<scale>x_g<groups>_<implementation>"
+            f"[_frozen<point>]' (implementation one of {implementations}, "
+            f"point one of {FREEZE_POINTS}) or one of "
             f"{sorted(TRAINING_PEERS)}. Received: {name!r}"
         )
-    implementation = variant["suffix"]
     fuse = implementation == "fused"
     model = ShuffleNet(
         variant["scale"], variant["groups"], se=variant["se"],
@@ -62,6 +74,8 @@ def build_bench_model(name, input_shape=(224, 224, 3)):
         input_shape=input_shape,
         group_conv_implementation="split" if fuse else implementation,
     )
+    if frozen:
+        freeze(model, frozen)
     return training_model(model) if fuse else model
 
 

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 import keras_shufflenet as ks
 from keras_shufflenet.training import fused
+from keras_shufflenet.training import transfer
 
 SIZE = 96
 
@@ -287,6 +288,30 @@ def test_frozen_batch_norm_uses_moving_statistics_like_keras():
             np.testing.assert_array_equal(variable.numpy(), value)
 
 
+def test_a_finetune_fuses_only_the_units_that_train():
+    """Frozen up to stage 3 (`transfer.freeze`), stage 4's 3 stride-1
+    units and its stride-2 tail stay fused; the frozen units run as the
+    plain model does, in inference mode, their statistics fixed."""
+    keras.config.set_dtype_policy("float64")
+    try:
+        model = model_with_random_bn(include_preprocessing=False)
+        frozen = transfer.freeze(model, "stage3")
+        trainer = fused.training_model(model)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert count(trainer, fused.FusedShuffleUnit) == 3
+    assert count(trainer, fused.FusedBranchTail) == 1
+    assert "stage3_unit8_dwconv_bn" in frozen
+    assert_same_training_step(model, trainer, images().astype("float64"),
+                              rtol=1e-8)
+    frozen_stats = [v.numpy() for layer in model.layers
+                    if not layer.trainable for v in layer.weights]
+    train_call(trainer, model.trainable_variables, images())
+    for value, variable in zip(frozen_stats, [
+        v for layer in model.layers if not layer.trainable
+        for v in layer.weights
+    ]):
+        np.testing.assert_array_equal(variable.numpy(), value)
 
 
 def test_training_model_saves_and_loads_in_safe_mode(tmp_path):
