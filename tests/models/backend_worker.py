@@ -13,10 +13,11 @@ weight initializer's shape, ~5 s a model):
 
 runs each (with `include_top=False`, through `feature_extractor` too),
 fits the "fit" variant for one epoch and saves it as
-`<backend>-fitted.keras`, and writes every output to `<backend>.npz`, for
-the TensorFlow side to compare (tests/models/test_backends.py). Models
-run through `predict`: compiled whole, where JAX would compile op by op
-in eager calls.
+`<backend>-fitted.keras`, runs Keras' transfer-learning path from the
+"transfer" checkpoint (`transfer_learning`), and writes every output to
+`<backend>.npz`, for the TensorFlow side to compare
+(tests/models/test_backends.py). Models run through `predict`: compiled
+whole, where JAX would compile op by op in eager calls.
 """
 
 import json
@@ -27,6 +28,50 @@ import keras
 import numpy as np
 
 import keras_shufflenet as ks
+
+
+def transfer_learning(weights, x, classes=3):
+    """Keras' transfer-learning guide on a pretrained backbone: frozen
+    under a new head, `fit`; then unfrozen, recompiled, `fit`.
+
+    Returns:
+        `{"transfer/frozen_unchanged", "transfer/kernels_moved",
+        "transfer/statistics_moved"}`: whether the frozen fit left every
+        weight and batch norm statistic of the backbone bit-identical, and
+        whether the unfrozen fit moved its kernels and its statistics.
+    """
+    base = ks.ShuffleNet(
+        0.25, 1, include_top=False, pooling="avg", weights=weights,
+        input_shape=x.shape[1:],
+    )
+    inputs = keras.Input(x.shape[1:])
+    model = keras.Model(inputs, keras.layers.Dense(classes)(base(inputs)))
+    labels = np.arange(len(x)) % classes
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    before = [np.copy(w) for w in base.get_weights()]
+    base.trainable = False
+    model.compile(keras.optimizers.SGD(0.05), loss)
+    model.fit(x, labels, batch_size=4, epochs=1, verbose=0)
+    frozen = [np.copy(w) for w in base.get_weights()]
+    base.trainable = True
+    model.compile(keras.optimizers.SGD(0.01), loss)
+    model.fit(x, labels, batch_size=4, epochs=1, verbose=0)
+    paths = [v.path for v in base.weights]
+    moved = {
+        path: not np.array_equal(a, b)
+        for path, a, b in zip(paths, before, base.get_weights())
+    }
+    return {
+        "transfer/frozen_unchanged": np.asarray(all(
+            np.array_equal(a, b) for a, b in zip(before, frozen)
+        )),
+        "transfer/kernels_moved": np.asarray(
+            [moved[p] for p in paths if p.endswith("kernel")]
+        ),
+        "transfer/statistics_moved": np.asarray(
+            [moved[p] for p in paths if p.endswith("moving_mean")]
+        ),
+    }
 
 
 def main(work_dir):
@@ -65,6 +110,7 @@ def main(work_dir):
     )
     model.save(os.path.join(work_dir, f"{backend}-fitted.keras"))
     out["fit/outputs"] = model.predict(x, verbose=0)
+    out.update(transfer_learning(manifest["transfer"], x))
     np.savez(os.path.join(work_dir, f"{backend}.npz"), **out)
     print(json.dumps({"backend": backend, "arrays": len(out)}))
 

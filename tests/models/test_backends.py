@@ -18,6 +18,11 @@ import keras_shufflenet as ks
 from keras_shufflenet import lite
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "weights"))
+from backend_worker import transfer_learning  # noqa: E402
+from test_sources import pytorchcv_checkpoint  # noqa: E402
+
 WORKER = os.path.join(os.path.dirname(__file__), "backend_worker.py")
 BACKENDS = ("jax", "torch")
 
@@ -83,8 +88,12 @@ def backend_runs(tmp_path_factory):
             features = ks.feature_extractor(model)(x)
             for stage, value in features.items():
                 expected[f"{name}/{stage}"] = value.numpy()
+    # Pretrained weights as pytorchcv ships them, for Keras' transfer-
+    # learning path on every backend.
+    _, checkpoint = pytorchcv_checkpoint(0.25, 1, work)
     (work / "variants.json").write_text(
-        json.dumps({"variants": variants, "load": LOADED, "fit": "g3-se"})
+        json.dumps({"variants": variants, "load": LOADED, "fit": "g3-se",
+                    "transfer": str(checkpoint)})
     )
     # (JAX compiles each weight initializer's shape on its own: conftest's
     # XLA_FLAGS make that a third as long.)
@@ -99,7 +108,7 @@ def backend_runs(tmp_path_factory):
         )
         for backend in BACKENDS
     }
-    results = {}
+    results = {"tensorflow": transfer_learning(str(checkpoint), x)}
     for backend, process in processes.items():
         output = process.communicate(timeout=400)[0]
         assert process.returncode == 0, f"{backend}:\n{output[-3000:]}"
@@ -210,3 +219,16 @@ def test_a_model_trained_under_torch_converts_to_the_same_one_piece_graph(
     assert report["xnnpack"]["ops_left_out"] == {}
     outputs = lite.TFLiteModel(tflite)(x)
     assert relative_error(outputs, results["torch"]["fit/outputs"]) <= TOLERANCE
+
+
+@pytest.mark.parametrize("backend", ("tensorflow",) + BACKENDS)
+def test_keras_transfer_learning_freezes_then_trains_the_backbone(
+    backend_runs, backend
+):
+    """`base.trainable = False` under a new head: `fit` leaves every
+    weight and batch norm statistic of the pretrained backbone
+    bit-identical; unfrozen and recompiled, `fit` moves them."""
+    result = backend_runs[3][backend]
+    assert bool(result["transfer/frozen_unchanged"]) is True
+    assert result["transfer/kernels_moved"].all()
+    assert result["transfer/statistics_moved"].all()
