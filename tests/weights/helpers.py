@@ -77,3 +77,15 @@ def relative_difference(model, reference, images, torch_input):
         expected = reference(torch_input).numpy()
     difference = float(np.max(np.abs(got - expected)))
     return difference / float(np.max(np.abs(expected))), got, expected
+
+
+def assert_computes_reference(model, reference, images, torch_input, label):
+    """The Keras model computes the PyTorch reference's logits to
+    `RELATIVE_TOLERANCE` and the same top-1 classes; returns the logits."""
+    relative, got, expected = relative_difference(
+        model, reference, images, torch_input
+    )
+    print(f"{label}: {relative:.2g}")
+    assert relative <= RELATIVE_TOLERANCE, label
+    np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
+    return got, expected

@@ -17,7 +17,7 @@ from keras_shufflenet.weights import sources
 from keras_shufflenet.weights import torch_reader
 
 sys.path.insert(0, os.path.dirname(__file__))
-from helpers import RELATIVE_TOLERANCE  # noqa: E402
+from helpers import assert_computes_reference  # noqa: E402
 from helpers import randomize  # noqa: E402
 from helpers import relative_difference  # noqa: E402
 from helpers import smooth_images  # noqa: E402
@@ -91,12 +91,10 @@ def test_pytorchcv_checkpoint_computes_what_pytorchcv_does(
             classifier_activation=None,
         )
         images = smooth_images(3, size, seed=size)
-        relative, got, expected = relative_difference(
-            model, reference, images, normalised(images)
+        _, expected = assert_computes_reference(
+            model, reference, images, normalised(images),
+            f"pytorchcv {scale}x g{groups} at {size}",
         )
-        print(f"pytorchcv {scale}x g{groups} at {size}: {relative:.2g}")
-        assert relative <= RELATIVE_TOLERANCE
-        np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
         assert len(set(expected.argmax(-1))) > 1
     # Its network, expressed by arguments: no second copy of the model.
     assert model.get_layer("conv1").filters == int(24 * scale)
@@ -121,12 +119,10 @@ def test_mmpretrain_checkpoint_computes_what_mmpretrain_does(
         classifier_activation=None,
     )
     images = smooth_images(3, size, seed=size)
-    relative, got, expected = relative_difference(
-        model, reference, images, mmpretrain_torch_input(images)
+    assert_computes_reference(
+        model, reference, images, mmpretrain_torch_input(images),
+        f"mmpretrain 1x g3 at {size}",
     )
-    print(f"mmpretrain 1x g3 at {size}: {relative:.2g}")
-    assert relative <= RELATIVE_TOLERANCE
-    np.testing.assert_array_equal(got.argmax(-1), expected.argmax(-1))
 
 
 @pytest.mark.xdist_group("mmpretrain_1x")
