@@ -10,6 +10,7 @@ its tensor names and ported straight into the model.
 
 import os
 import types
+import zipfile
 
 import keras
 
@@ -37,7 +38,8 @@ def read_checkpoint(path):
 
     Args:
         path: A `.pth`, `.pth.tar`, `.pt` or `.pth.zip` file of the
-            official release, mmpretrain or pytorchcv.
+            official release, mmpretrain or pytorchcv. tensorpack's `.npz`
+            is refused: its network pads as TensorFlow's "SAME" does.
 
     Returns:
         `(source, tensors)`: the `sources.CheckpointSource` recognised from
@@ -45,13 +47,32 @@ def read_checkpoint(path):
 
     Raises:
         FileNotFoundError: No such file.
-        ValueError: Not a checkpoint, an unknown source, or a pickle that
-            asks for code (`torch_reader.UnsafeCheckpointError`); the
-            message names the file.
+        ValueError: Not a checkpoint, a NumPy archive, an unknown source,
+            or a pickle that asks for code
+            (`torch_reader.UnsafeCheckpointError`); the message names the
+            file.
     """
     path = os.fspath(path)
+    _refuse_numpy_archive(path)
     tensors = state_dict(read_torch_checkpoint(path), path)
     return recognise(tensors, path)
+
+
+def _refuse_numpy_archive(path):
+    """tensorpack ships `.npz`; say why it is refused, not "corrupted"."""
+    if not zipfile.is_zipfile(path):
+        return
+    with zipfile.ZipFile(path) as archive:
+        names = [n for n in archive.namelist() if not n.endswith("/")]
+    if names and all(n.endswith(".npy") for n in names):
+        raise ValueError(
+            f"{path} is a NumPy archive (.npz), tensorpack's format, which "
+            "is not read: tensorpack's ShuffleNet pads its stem, pools and "
+            'stride-2 depthwise convs as TensorFlow\'s "SAME" does, one '
+            "pixel off from the PyTorch networks this model reproduces. "
+            f"Supported: checkpoints of {', '.join(SOURCES)} as they "
+            "ship, and this package's .keras and .weights.h5 files."
+        )
 
 
 def converted_path(entry):

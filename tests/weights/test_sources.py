@@ -242,3 +242,18 @@ def test_a_truncated_checkpoint_names_the_file(tmp_path):
     with pytest.raises(ValueError, match="truncated or corrupted") as error:
         ks.ShuffleNet(0.25, 1, weights=cut)
     assert str(cut) in str(error.value)
+
+
+def test_a_tensorpack_npz_is_refused_saying_why(tmp_path):
+    """Not "truncated or corrupted": the file is fine, its network is
+    not this one."""
+    path = tmp_path / "ShuffleNetV1-0.5x-g=8.npz"
+    np.savez(path, **{
+        "conv1/W:0": np.zeros((3, 3, 3, 16), "float32"),
+        "linear/b:0": np.zeros(1000, "float32"),
+    })
+    with pytest.raises(ValueError, match="tensorpack") as error:
+        ks.ShuffleNet(0.5, 8, weights=path)
+    message = str(error.value)
+    assert str(path) in message and '"SAME"' in message
+    assert "official, mmpretrain, pytorchcv" in message
