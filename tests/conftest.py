@@ -33,6 +33,8 @@ except RuntimeError:  # Devices were initialised already.
     pass
 
 
+import ipaddress  # noqa: E402
+import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
@@ -41,6 +43,34 @@ import pytest  # noqa: E402
 
 from keras_shufflenet.models import shufflenet  # noqa: E402
 from keras_shufflenet.utils.onednn import cpu_runs_onednn  # noqa: E402
+
+
+class OffMachineConnectionError(ConnectionRefusedError):
+    """A test tried to reach an address other than this machine's."""
+
+
+def _loopback_only(connect):
+    def guarded(sock, address, *args):
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            host = address[0]
+            try:
+                loopback = ipaddress.ip_address(host).is_loopback
+            except ValueError:  # A name: only "localhost" is this machine.
+                loopback = host == "localhost"
+            if not loopback:
+                raise OffMachineConnectionError(
+                    f"A test tried to connect to {address!r}; tests reach "
+                    "only servers they start on 127.0.0.1."
+                )
+        return connect(sock, address, *args)
+
+    return guarded
+
+
+# Weights download code is real; the tests serve its files on 127.0.0.1,
+# and this makes sure nothing in a test process goes further.
+socket.socket.connect = _loopback_only(socket.socket.connect)
+socket.socket.connect_ex = _loopback_only(socket.socket.connect_ex)
 
 
 @pytest.hookimpl(hookwrapper=True)
