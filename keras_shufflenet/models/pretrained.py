@@ -64,6 +64,36 @@ def register_resolver(resolver):
         _resolvers.append(resolver)
 
 
+def merge_architecture(name, needed, requested, prefix=""):
+    """Fills the architecture arguments the weights `needed` into
+    `requested`, refusing a set value that differs.
+
+    Args:
+        name: How messages name the weights.
+        needed: The arguments the weights fix.
+        requested: The caller's arguments, None where not given.
+        prefix: What the caller's arguments are called with (`"model."`
+            for a training config's flags).
+
+    Returns:
+        `requested` with every argument of `needed` set.
+
+    Raises:
+        ValueError: A requested value conflicts with the weights'.
+    """
+    merged = dict(requested)
+    for key, value in needed.items():
+        given = requested.get(key)
+        if given is not None and given != value:
+            raise ValueError(
+                f"{prefix}weights={name!r} need {prefix}{key}={value!r}. "
+                f"Received: {prefix}{key}={given!r}; leave it unset to "
+                "take the weights' value."
+            )
+        merged[key] = value
+    return merged
+
+
 def architecture_options(plan, **requested):
     """The architecture arguments for `ShuffleNet`, filled from `plan`.
 
@@ -82,20 +112,14 @@ def architecture_options(plan, **requested):
     Raises:
         ValueError: A requested value conflicts with the weights'.
     """
-    needed = {} if plan is None else dict(plan.architecture)
-    resolved = {}
-    for key, default in ARCHITECTURE_DEFAULTS.items():
-        value = requested.get(key)
-        if key in needed and value is not None and value != needed[key]:
-            raise ValueError(
-                f"weights={plan.name!r} need {key}={needed[key]!r}. "
-                f"Received: {key}={value!r}; leave it unset to take the "
-                "weights' value."
-            )
-        resolved[key] = value if value is not None else needed.get(
-            key, default
+    if plan is not None:
+        requested = merge_architecture(
+            plan.name, plan.architecture, requested
         )
-    return resolved
+    return {
+        key: default if requested.get(key) is None else requested[key]
+        for key, default in ARCHITECTURE_DEFAULTS.items()
+    }
 
 
 def plan_weights(weights, scale, groups):

@@ -11,6 +11,7 @@ from keras_shufflenet.models.loading import load_weights
 from keras_shufflenet.models.parts import network_parts
 from keras_shufflenet.models.pretrained import ARCHITECTURE_DEFAULTS
 from keras_shufflenet.models.pretrained import architecture_of
+from keras_shufflenet.models.pretrained import merge_architecture
 from keras_shufflenet.models.pretrained import plan_weights
 from keras_shufflenet.models.shufflenet import ShuffleNet
 from keras_shufflenet.training.config import FREEZE_POINTS
@@ -36,16 +37,11 @@ def with_weights_architecture(model_config):
     else:
         plan = plan_weights(weights, model_config.scale, model_config.groups)
         needed, name = dict(plan.architecture), plan.name
-    changes = {}
-    for key, value in needed.items():
-        given = getattr(model_config, key)
-        if given is not None and given != value:
-            raise ValueError(
-                f"model.weights={name!r} need model.{key}={value!r}. "
-                f"Received: model.{key}={given!r}"
-            )
-        changes[key] = value
-    return dataclasses.replace(model_config, **changes)
+    merged = merge_architecture(
+        name, needed,
+        {key: getattr(model_config, key) for key in needed}, prefix="model.",
+    )
+    return dataclasses.replace(model_config, **merged)
 
 
 def _donor(model_config, image_size):
