@@ -10,6 +10,7 @@ without internet access serves the files from a mirror
 the hash check still applies.
 """
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -56,12 +57,12 @@ def checkpoint_path(entry):
 def file_digest(path, algorithm="sha256", member=None):
     """The hex digest of a file, or of one member of a zip file."""
     digest = hashlib.new(algorithm)
-    if member is None:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(CHUNK), b""):
-                digest.update(chunk)
-        return digest.hexdigest()
-    with zipfile.ZipFile(path) as archive, archive.open(member) as f:
+    with contextlib.ExitStack() as stack:
+        if member is None:
+            f = stack.enter_context(open(path, "rb"))
+        else:
+            archive = stack.enter_context(zipfile.ZipFile(path))
+            f = stack.enter_context(archive.open(member))
         for chunk in iter(lambda: f.read(CHUNK), b""):
             digest.update(chunk)
     return digest.hexdigest()
