@@ -25,6 +25,7 @@ from keras_shufflenet.data.pipeline import InputPipeline
 from keras_shufflenet.training.checkpointing import Checkpoints
 from keras_shufflenet.training.checkpointing import write_export
 from keras_shufflenet.training.config import CONFIG_FILE
+from keras_shufflenet.training.config import load_config
 from keras_shufflenet.training.config import resolve_config
 from keras_shufflenet.training.config import save_config
 from keras_shufflenet.training.determinism import enable_determinism
@@ -101,7 +102,9 @@ class Trainer:
         config = resolve_config(config)
         # The architecture pretrained weights need (a source's layout),
         # saved with the config so that resume and export have it.
-        config.model = with_weights_architecture(config.model)
+        config.model = with_weights_architecture(
+            config.model, _saved_model_config(config.model_dir)
+        )
         self._check_config(config)
         self.config = config
         self._set_up_devices(strategy)
@@ -596,3 +599,9 @@ class Trainer:
             self.config.data.image_size,
             self.config.model_dir,
         )
+
+
+def _saved_model_config(model_dir):
+    """The `ModelConfig` a run in `model_dir` saved, or None."""
+    path = os.path.join(model_dir, CONFIG_FILE)
+    return load_config(path).model if tf.io.gfile.exists(path) else None

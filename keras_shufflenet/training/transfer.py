@@ -17,7 +17,7 @@ from keras_shufflenet.models.shufflenet import ShuffleNet
 from keras_shufflenet.training.config import FREEZE_POINTS
 
 
-def with_weights_architecture(model_config):
+def with_weights_architecture(model_config, saved=None):
     """`model_config` with its architecture filled from its `weights`.
 
     An architecture argument left None takes what the weights need (a
@@ -25,13 +25,25 @@ def with_weights_architecture(model_config):
     something else is refused. Without weights, or for a `.weights.h5`
     file (of this package's own runs), the config is returned as it is.
 
+    Args:
+        model_config: A `ModelConfig`.
+        saved: The `ModelConfig` the run saved when it started, if any: a
+            restarted run takes the architecture from it, so it resumes
+            without reading the weights again.
+
     Raises:
         ValueError: A set argument conflicts with the weights.
     """
     weights = model_config.weights
     if not weights or weights.endswith(".weights.h5"):
         return model_config
-    if weights.endswith(".keras"):
+    if saved is not None and saved.weights == weights:
+        needed = {
+            key: getattr(saved, key) for key in ARCHITECTURE_DEFAULTS
+            if getattr(saved, key) is not None
+        }
+        name = weights
+    elif weights.endswith(".keras"):
         needed = architecture_of(load_model(weights, "model.weights"))
         name = weights
     else:

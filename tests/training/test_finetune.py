@@ -204,10 +204,13 @@ def test_a_resumed_finetune_restores_the_run_not_the_weights(
     checkpoint, tmp_path, monkeypatch, restores_op_determinism
 ):
     """Deterministic, killed after the step-2 checkpoint: the restart
-    restores that checkpoint, never the pretrained weights again, and
-    ends bit-identical to the uninterrupted run."""
+    restores that checkpoint, never the pretrained weights again (it
+    resumes with their file gone), and ends bit-identical to the
+    uninterrupted run."""
+    weights = tmp_path / checkpoint.name
+    shutil.copy(checkpoint, weights)
     whole = training.Trainer(
-        finetune_config(tmp_path / "whole", checkpoint,
+        finetune_config(tmp_path / "whole", weights,
                         **{"train.deterministic": True}),
         verbose=False,
     )
@@ -222,8 +225,9 @@ def test_a_resumed_finetune_restores_the_run_not_the_weights(
         trainer_module, "initialize_from_weights",
         lambda *a: pytest.fail("a resumed run loaded the weights again"),
     )
+    weights.unlink()
     resumed = training.Trainer(
-        finetune_config(restarted, checkpoint,
+        finetune_config(restarted, weights,
                         **{"train.deterministic": True}),
         verbose=False,
     )
